@@ -1,0 +1,20 @@
+# One entry point for people and CI. `make demo` and `make test` each run the idempotent setup first.
+.PHONY: setup demo test lint bench docs
+
+setup:
+	scripts/setup
+
+demo: setup
+	scripts/demo
+
+test: setup
+	scripts/test
+
+lint: setup
+	.venv/bin/ruff check prodai_cli tests bench && .venv/bin/mypy
+
+docs: setup
+	.venv/bin/python scripts/gen_cli_reference.py --write
+
+bench: setup
+	.venv/bin/python bench/cli_startup.py

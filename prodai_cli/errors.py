@@ -1,0 +1,72 @@
+"""The one exception tree of prodai and the exit codes it maps to.
+
+Every error a user can cause derives from :class:`ProdaiError`; the CLI catches it in one handler
+(``cli.main``) and prints its message without a traceback (set ``PRODAI_DEBUG=1`` to see one).
+
+Tree::
+
+    ProdaiError                exit 1  anything prodai reports on purpose
+    ├── UsageError             exit 2  bad arguments or options
+    │   └── ConfigError        exit 2  prodai.yaml missing, malformed or invalid (names key and line)
+    ├── RegistryError          exit 1  the model registry refused or failed an operation
+    │   ├── ModelNotFoundError exit 1  unknown model, version or alias
+    │   └── InvalidModelError  exit 1  a directory that is not a loadable transformers model
+    ├── InputError             exit 1  an input file that cannot be read
+    └── ThresholdError         exit 1  a job finished but crossed a configured threshold
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class ProdaiError(Exception):
+    """Base of every error prodai reports to the user on purpose.
+
+    Attributes:
+        exit_code: The process exit status the CLI uses for this error.
+        hint: Optional next step shown under the message.
+
+    """
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ProdaiError):
+    """Bad command-line arguments or options."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """prodai.yaml is missing, malformed or fails validation."""
+
+
+class RegistryError(ProdaiError):
+    """The model registry refused or failed an operation."""
+
+
+class ModelNotFoundError(RegistryError):
+    """A model name, version or alias does not exist in the registry."""
+
+
+class InvalidModelError(RegistryError):
+    """A directory is not a loadable transformers model."""
+
+
+class InputError(ProdaiError):
+    """An input file is missing, unreadable or unusable."""
+
+
+class ThresholdError(ProdaiError):
+    """A job completed but crossed a threshold the user set (for example an error rate)."""

@@ -1,0 +1,481 @@
+"""The MLflow model registry behind prodai: register, list, resolve and alias model versions.
+
+Callers get plain dataclasses, never MLflow types, so the rest of prodai does not care whether the
+registry is the embedded SQLite store or a remote ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from prodai_cli.errors import InvalidModelError, ModelNotFoundError, RegistryError, UsageError
+from prodai_cli.refs import ModelRef, parse_model_ref
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from prodai_cli.config import Settings
+
+Task = Literal["text-classification", "embedding"]
+TASKS: tuple[str, ...] = ("text-classification", "embedding")
+TASK_TAG = "prodai.task"
+EXPERIMENT_NAME = "prodai"
+# The transformers pipeline each prodai task is logged as, so MLflow's own tools can load it.
+_PIPELINE_TASK = {"text-classification": "text-classification", "embedding": "feature-extraction"}
+
+
+def quiet_offline_env() -> None:
+    """Keep heavy libraries offline and quiet: no hub calls, no telemetry, no progress bars on stdout."""
+    for name, value in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_LOGGING_LEVEL": "ERROR",
+    }.items():
+        os.environ.setdefault(name, value)
+    import logging
+
+    for logger in ("mlflow", "alembic", "transformers", "huggingface_hub"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One registered version."""
+
+    name: str
+    version: int
+    aliases: list[str]
+    task: str | None
+    description: str
+    created: str
+    source: str
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        """``models:/NAME/VERSION``."""
+        return f"models:/{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (with ``uri``)."""
+        data = asdict(self)
+        data["uri"] = self.uri
+        return data
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    """A registered model and its aliases."""
+
+    name: str
+    description: str
+    latest_version: int | None
+    aliases: dict[str, int]
+    created: str
+    updated: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A version resolved to files on this machine."""
+
+    info: ModelVersionInfo
+    path: Path
+
+    @property
+    def model_dir(self) -> Path:
+        """The directory holding config.json and weights."""
+        return self.path / "model"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The directory holding the tokenizer files."""
+        tok = self.path / "components" / "tokenizer"
+        return tok if tok.is_dir() else self.model_dir
+
+
+def _iso(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def detect_task(model_dir: Path) -> str:
+    """Guess the task from a model's config: a sequence-classification head means classification."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "embedding"
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "text-classification"
+    return "embedding"
+
+
+def validate_model_dir(model_dir: Path, task: str) -> Any:
+    """Load a Hugging Face model directory as the pipeline prodai logs, or explain why it cannot be.
+
+    Args:
+        model_dir: Directory with config.json, weights and tokenizer files.
+        task: ``text-classification`` or ``embedding``.
+
+    Returns:
+        The loaded transformers pipeline.
+
+    Raises:
+        InvalidModelError: The directory is missing or is not a loadable model and tokenizer.
+
+    """
+    if not model_dir.is_dir():
+        raise InvalidModelError(f"{model_dir} is not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise InvalidModelError(
+            f"{model_dir} is not a Hugging Face model directory: it has no config.json",
+            hint="Save the model with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)",
+        )
+    weights = [p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"}]
+    if not weights:
+        raise InvalidModelError(f"{model_dir} has no weights (*.safetensors or *.bin)")
+    quiet_offline_env()
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # transformers raises many types for a bad tokenizer
+        raise InvalidModelError(f"{model_dir}: cannot load a tokenizer: {_first_line(exc)}") from None
+    try:
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if task == "text-classification"
+            else transformers.AutoModel
+        )
+        model = auto.from_pretrained(str(model_dir))
+    except Exception as exc:
+        raise InvalidModelError(f"{model_dir}: cannot load the model: {_first_line(exc)}") from None
+    return transformers.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tokenizer)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Registry:
+    """prodai's view of an MLflow registry.
+
+    Args:
+        settings: Loaded settings; the tracking URI and the local cache come from there.
+
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tracking_uri = settings.tracking_uri
+        self._client: MlflowClient | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True for the embedded SQLite/file store."""
+        return self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+
+    @property
+    def client(self) -> MlflowClient:
+        """A lazily created MLflow client bound to this registry."""
+        if self._client is None:
+            quiet_offline_env()
+            if self.is_local:
+                self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn MLflow and connection errors into RegistryError with the registry named."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            code = getattr(exc, "error_code", "")
+            if code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
+                raise ModelNotFoundError(f"{what}: {_first_line(exc)}") from None
+            raise RegistryError(f"{what} failed on {self._display_uri}: {_first_line(exc)}") from None
+        except OSError as exc:
+            raise RegistryError(f"{what}: cannot reach the registry at {self._display_uri}: {exc}") from None
+
+    @property
+    def _display_uri(self) -> str:
+        from prodai_cli.config import mask_secrets
+
+        return str(mask_secrets(self.tracking_uri))
+
+    def experiment_id(self) -> str:
+        """The ``prodai`` experiment runs are logged to; local stores keep artifacts under .prodai/."""
+        client = self.client
+        with self._errors("Preparing the prodai experiment"):
+            experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+            if experiment is not None:
+                return str(experiment.experiment_id)
+            location = self.settings.artifact_root.resolve().as_uri() if self.is_local else None
+            try:
+                return str(client.create_experiment(EXPERIMENT_NAME, artifact_location=location))
+            except Exception:
+                # Another process created it between our lookup and create.
+                experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+                if experiment is None:
+                    raise
+                return str(experiment.experiment_id)
+
+    # ------------------------------------------------------------------------------------ writes
+    def register(
+        self,
+        model_dir: Path,
+        name: str,
+        *,
+        task: str | None = None,
+        aliases: list[str] | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> ModelVersionInfo:
+        """Log a Hugging Face model directory as a new version of ``name``.
+
+        The directory is loaded and checked first, so a bad directory writes nothing to the registry.
+
+        Args:
+            model_dir: Directory with config.json, weights and tokenizer.
+            name: Registered model name.
+            task: ``text-classification`` or ``embedding``; detected from the config when None.
+            aliases: Aliases to point at the new version.
+            description: Version description.
+            tags: Extra version tags.
+
+        Returns:
+            The new version.
+
+        """
+        parse_model_ref(name)  # one syntax: a name must not contain '@' or '/'
+        if "@" in name or "/" in name:
+            raise UsageError(f"Model name {name!r} may not contain '@' or '/'")
+        task = task or detect_task(model_dir)
+        if task not in TASKS:
+            raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        for alias in aliases or []:
+            _check_alias(alias)
+        pipeline = validate_model_dir(model_dir, task)
+        experiment_id = self.experiment_id()
+        import mlflow
+        import mlflow.transformers
+
+        all_tags = {TASK_TAG: task, **(tags or {})}
+        with self._errors(f"Registering {name}"):
+            # MLflow prints "Successfully registered model ..." to stderr itself; prodai says it once, better.
+            with (
+                contextlib.redirect_stderr(io.StringIO()),
+                mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}"),
+            ):
+                mlflow.set_tags({"prodai.action": "register", TASK_TAG: task})
+                info = mlflow.transformers.log_model(
+                    transformers_model=pipeline,
+                    name="model",
+                    task=_PIPELINE_TASK[task],
+                    # Explicit requirements: MLflow's inference otherwise probes for torchvision and the hub.
+                    pip_requirements=["transformers", "torch"],
+                    registered_model_name=name,
+                )
+            version = int(info.registered_model_version)
+            client = self.client
+            for key, value in all_tags.items():
+                client.set_model_version_tag(name, str(version), key, value)
+            if description:
+                client.update_model_version(name, str(version), description=description)
+            for alias in aliases or []:
+                client.set_registered_model_alias(name, alias, str(version))
+        return self.get_version(ModelRef(name=name, version=version))
+
+    def set_alias(self, name: str, alias: str, version: int) -> int | None:
+        """Point ``alias`` at ``version``; return the version it pointed at before (None if new)."""
+        _check_alias(alias)
+        current = self.get_version(ModelRef(name=name, version=version))
+        previous: int | None = None
+        with self._errors(f"Moving alias {alias}"):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                previous = int(self.client.get_model_version_by_alias(name, alias).version)
+            except MlflowException:
+                previous = None
+            self.client.set_registered_model_alias(name, alias, str(current.version))
+        return previous
+
+    def set_version_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
+        """Set tags on a model version (evidence of load tests, ship reports)."""
+        with self._errors(f"Tagging {name}/{version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, str(version), key, value)
+
+    # ------------------------------------------------------------------------------------ reads
+    def list_models(self) -> list[RegisteredModelInfo]:
+        """Every registered model, sorted by name."""
+        with self._errors("Listing models"):
+            models = list(self.client.search_registered_models(max_results=1000))
+        out = []
+        for model in models:
+            with self._errors(f"Reading {model.name}"):
+                versions = self.client.search_model_versions(f"name='{_quote(model.name)}'")
+            latest = max((int(v.version) for v in versions), default=None)
+            out.append(
+                RegisteredModelInfo(
+                    name=model.name,
+                    description=model.description or "",
+                    latest_version=latest,
+                    aliases={k: int(v) for k, v in (model.aliases or {}).items()},
+                    created=_iso(model.creation_timestamp),
+                    updated=_iso(model.last_updated_timestamp),
+                )
+            )
+        return sorted(out, key=lambda m: m.name)
+
+    def list_versions(self, name: str) -> list[ModelVersionInfo]:
+        """Every version of ``name``, newest first."""
+        self._require_model(name)
+        with self._errors(f"Listing versions of {name}"):
+            versions = self.client.search_model_versions(f"name='{_quote(name)}'")
+        aliases = self._aliases_by_version(name)
+        infos = [self._info(v, aliases) for v in versions]
+        return sorted(infos, key=lambda v: v.version, reverse=True)
+
+    def _require_model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException:
+            known = [m.name for m in self.client.search_registered_models(max_results=1000)]
+            hint = f"Known models: {', '.join(sorted(known))}" if known else "The registry has no models yet"
+            raise ModelNotFoundError(f"Unknown model {name!r}", hint=hint) from None
+
+    def get_version(self, ref: ModelRef | str) -> ModelVersionInfo:
+        """Resolve a reference to a version without downloading it.
+
+        Raises:
+            ModelNotFoundError: Unknown model, version or alias; the message says which.
+
+        """
+        if isinstance(ref, str):
+            ref = parse_model_ref(ref)
+        model = self._require_model(ref.name)
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        try:
+            if ref.alias:
+                version = client.get_model_version_by_alias(ref.name, ref.alias)
+            elif ref.version is not None:
+                version = client.get_model_version(ref.name, str(ref.version))
+            else:
+                versions = client.search_model_versions(f"name='{_quote(ref.name)}'")
+                if not versions:
+                    raise ModelNotFoundError(f"Model {ref.name!r} has no versions")
+                version = max(versions, key=lambda v: int(v.version))
+        except MlflowException:
+            if ref.alias:
+                aliases = ", ".join(sorted(model.aliases or {})) or "none"
+                raise ModelNotFoundError(
+                    f"Model {ref.name!r} has no alias {ref.alias!r}", hint=f"Its aliases: {aliases}"
+                ) from None
+            raise ModelNotFoundError(f"Model {ref.name!r} has no version {ref.version}") from None
+        return self._info(version, self._aliases_by_version(ref.name, model))
+
+    def resolve(self, ref: ModelRef | str) -> ResolvedModel:
+        """Resolve a reference and make its files available locally (cached per version).
+
+        Versions are immutable, so a version downloaded once is reused from ``.prodai/models/``.
+        """
+        info = self.get_version(ref)
+        target = self.settings.state_dir / "models" / _safe(info.name) / str(info.version)
+        if not (target / "MLmodel").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+            try:
+                import mlflow
+
+                with self._errors(f"Downloading {info.uri}"):
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=info.uri, dst_path=str(staging), tracking_uri=self.tracking_uri
+                    )
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging, target)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
+        return ResolvedModel(info=info, path=target)
+
+    def _aliases_by_version(self, name: str, model: Any = None) -> dict[int, list[str]]:
+        # search_model_versions leaves aliases empty on some stores; the registered model has them all.
+        model = model if model is not None else self._require_model(name)
+        by_version: dict[int, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            by_version.setdefault(int(version), []).append(alias)
+        return by_version
+
+    def _info(self, version: Any, aliases: dict[int, list[str]] | None = None) -> ModelVersionInfo:
+        tags = dict(version.tags or {})
+        number = int(version.version)
+        return ModelVersionInfo(
+            name=version.name,
+            version=number,
+            aliases=sorted(set(version.aliases or []) | set((aliases or {}).get(number, []))),
+            task=tags.get(TASK_TAG),
+            description=version.description or "",
+            created=_iso(version.creation_timestamp),
+            source=version.source or "",
+            run_id=version.run_id,
+            tags=tags,
+        )
+
+
+def _check_alias(alias: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", alias) or re.fullmatch(r"[vV][0-9]+", alias):
+        raise UsageError(
+            f"Invalid alias {alias!r}",
+            hint="Aliases start with a letter or '_', hold letters, digits, '_' or '-', and may not look like v1",
+        )
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
