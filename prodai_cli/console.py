@@ -74,7 +74,9 @@ class Console:
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             sys.stdout.flush()
         elif human is not None:
-            self.out.print(human, markup=False)
+            # Plain write, not rich: results are for pipes too (rich would expand tabs and wrap lines).
+            sys.stdout.write(human + "\n")
+            sys.stdout.flush()
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
         """Print a table on stdout (callers print JSON instead in JSON mode)."""

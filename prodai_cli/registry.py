@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 Task = Literal["text-classification", "embedding"]
 TASKS: tuple[str, ...] = ("text-classification", "embedding")
 TASK_TAG = "prodai.task"
+# Written beside a downloaded version; its presence marks a complete download.
+VERSION_FILE = "version.json"
 EXPERIMENT_NAME = "prodai"
 # The transformers pipeline each prodai task is logged as, so MLflow's own tools can load it.
 _PIPELINE_TASK = {"text-classification": "text-classification", "embedding": "feature-extraction"}
@@ -122,8 +125,6 @@ def _iso(ms: int | None) -> str:
 
 def detect_task(model_dir: Path) -> str:
     """Guess the task from a model's config: a sequence-classification head means classification."""
-    import json
-
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -296,8 +297,10 @@ class Registry:
 
         all_tags = {TASK_TAG: task, **(tags or {})}
         with self._errors(f"Registering {name}"):
-            # MLflow prints "Successfully registered model ..." to stderr itself; prodai says it once, better.
+            # MLflow prints "Successfully registered model ..." (stderr) and "View run ..." (stdout, remote
+            # servers) itself; prodai reports once, and stdout must stay clean for --json.
             with (
+                contextlib.redirect_stdout(io.StringIO()),
                 contextlib.redirect_stderr(io.StringIO()),
                 mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}"),
             ):
@@ -417,11 +420,19 @@ class Registry:
     def resolve(self, ref: ModelRef | str) -> ResolvedModel:
         """Resolve a reference and make its files available locally (cached per version).
 
-        Versions are immutable, so a version downloaded once is reused from ``.prodai/models/``.
+        Versions are immutable, so a version downloaded once is reused from ``.prodai/models/``; resolving
+        ``NAME/VERSION`` that is already cached never contacts the registry (nor imports mlflow), which is how
+        a container with baked-in models serves without any registry.
         """
+        if isinstance(ref, str):
+            ref = parse_model_ref(ref)
+        if ref.version is not None:
+            cached = self.cached(ref.name, ref.version)
+            if cached is not None:
+                return cached
         info = self.get_version(ref)
-        target = self.settings.state_dir / "models" / _safe(info.name) / str(info.version)
-        if not (target / "MLmodel").is_file():
+        target = self._cache_dir(info.name, info.version)
+        if not (target / VERSION_FILE).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
             try:
@@ -431,6 +442,8 @@ class Registry:
                     mlflow.artifacts.download_artifacts(
                         artifact_uri=info.uri, dst_path=str(staging), tracking_uri=self.tracking_uri
                     )
+                # The sidecar is written last: its presence marks a complete download.
+                (staging / VERSION_FILE).write_text(json.dumps(info.to_dict(), indent=2), encoding="utf-8")
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(staging, target)
@@ -438,6 +451,19 @@ class Registry:
                 if staging.exists():
                     shutil.rmtree(staging, ignore_errors=True)
         return ResolvedModel(info=info, path=target)
+
+    def cached(self, name: str, version: int) -> ResolvedModel | None:
+        """The locally cached files of ``name`` version ``version``, or None when not downloaded."""
+        target = self._cache_dir(name, version)
+        try:
+            data = json.loads((target / VERSION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        data.pop("uri", None)
+        return ResolvedModel(info=ModelVersionInfo(**data), path=target)
+
+    def _cache_dir(self, name: str, version: int) -> Path:
+        return self.settings.state_dir / "models" / _safe(name) / str(version)
 
     def _aliases_by_version(self, name: str, model: Any = None) -> dict[int, list[str]]:
         # search_model_versions leaves aliases empty on some stores; the registered model has them all.
@@ -461,7 +487,6 @@ class Registry:
             run_id=version.run_id,
             tags=tags,
         )
-
 
 def _check_alias(alias: str) -> None:
     import re
