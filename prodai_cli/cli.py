@@ -14,8 +14,13 @@ from typing import Annotated
 import typer
 
 from prodai_cli import __version__
+from prodai_cli.commands import ab, init, keys, models, register, serve
+from prodai_cli.commands import batch as batch_cmd
+from prodai_cli.commands import check as check_cmd
 from prodai_cli.commands import config as config_cmd
-from prodai_cli.commands import init, models, register
+from prodai_cli.commands import deploy as deploy_cmd
+from prodai_cli.commands import loadtest as loadtest_cmd
+from prodai_cli.commands import ship as ship_cmd
 from prodai_cli.commands._common import State
 from prodai_cli.errors import EXIT_FAILURE, EXIT_USAGE, ProdaiError
 
@@ -58,6 +63,15 @@ app.command("init")(init.command)
 app.add_typer(config_cmd.app, name="config")
 app.command("register")(register.command)
 app.add_typer(models.app, name="models")
+app.command("serve")(serve.command)
+app.command("batch")(batch_cmd.command)
+app.add_typer(keys.app, name="keys")
+app.command("ab-set")(ab.set_command)
+app.command("ab-show")(ab.show_command)
+app.command("loadtest")(loadtest_cmd.command)
+app.command("check")(check_cmd.command)
+app.command("ship")(ship_cmd.command)
+app.add_typer(deploy_cmd.app, name="deploy")
 
 
 def main(argv: list[str] | None = None) -> None:

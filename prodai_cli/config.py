@@ -12,13 +12,14 @@ import contextlib
 import fcntl
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prodai_cli.errors import ConfigError
 
@@ -72,7 +73,12 @@ class ServingConfig(Section):
     )
     device: Device = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Precision = Field("fp32", description="fp32, bf16 or fp16 (fp16 on GPU only)")
-    max_batch_tokens: int = Field(8192, ge=64, description="Token budget of one micro-batch (padded tokens)")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="Padded-token budget of one forward pass. Empty: the runtime's default for the device "
+        "(4096 on CPU, 32768 on GPU)",
+    )
     max_batch_size: int = Field(64, ge=1, description="Most requests gathered into one forward pass")
     max_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="Extra time to wait for a batch to fill; 0 takes what is queued"
@@ -83,14 +89,59 @@ class ServingConfig(Section):
     max_text_chars: int = Field(10_000, ge=1, description="Longer texts get 422")
     max_batch_items: int = Field(64, ge=1, description="Most texts in one /predict/batch request")
     grace_period_s: float = Field(10.0, ge=0, description="On SIGTERM, time in-flight requests get to finish")
+    drain_delay_s: float = Field(
+        2.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, seconds /health/ready answers 503 while requests are still served, so load "
+        "balancers stop routing here before the socket closes (Ctrl-C skips it)",
+    )
     log_bodies: bool = Field(False, description="Log request bodies (off: bodies may hold personal data)")
+
+    @model_validator(mode="after")
+    def _batch_request_fits_queue(self) -> ServingConfig:
+        # A /predict/batch request larger than the whole queue could never be admitted.
+        if self.max_batch_items > self.max_queue:
+            raise ValueError(f"max_batch_items ({self.max_batch_items}) cannot exceed max_queue ({self.max_queue})")
+        return self
+
+
+# A/B: variant names end up in metric labels and headers; aliases follow MLflow's alias syntax.
+AB_VARIANT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+AB_ALIAS_PATTERN = r"[A-Za-z_][A-Za-z0-9_\-]*"
+# Weights typed as 0.333 x 3 are meant to sum to 1; the router normalises by the real total.
+AB_WEIGHT_TOLERANCE = 1e-3
 
 
 class ABVariantConfig(Section):
-    """One arm of an A/B split."""
+    """One arm of an A/B split: a version of ``ab.model`` and its share of traffic."""
 
-    version: str = Field(description="Registry version number or alias of the model")
+    version: int | str = Field(
+        description="Registry version number (ab-set writes the number, so a server needs no registry to read it) "
+        "or an alias, resolved when the server loads"
+    )
     weight: float = Field(ge=0, le=1, description="Share of traffic, 0..1; all weights sum to 1")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_or_alias(cls, value: Any) -> int | str:
+        # `3`, "3" and "v3" all mean version 3; anything else must look like an MLflow alias.
+        if isinstance(value, bool):
+            raise ValueError("must be a version number or an alias, not a boolean")
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("version numbers start at 1")
+            return value
+        if isinstance(value, str):
+            text = value.strip()
+            number = text[1:] if text[:1] in ("v", "V") else text
+            if number.isdigit() and number.isascii():
+                if int(number) < 1:
+                    raise ValueError("version numbers start at 1")
+                return int(number)
+            if re.fullmatch(AB_ALIAS_PATTERN, text):
+                return text
+        raise ValueError(f"must be a version number (3, v3) or an alias (production), got {value!r}")
 
 
 class BreakerConfig(Section):
@@ -99,15 +150,22 @@ class BreakerConfig(Section):
     consecutive_failures: int = Field(5, ge=1, description="Open after this many failures in a row")
     failure_rate: float = Field(0.5, gt=0, le=1, description="...or when this share of the window failed")
     window: int = Field(20, ge=1, description="Requests the failure rate is measured over")
+    min_calls: int = Field(10, ge=1, description="Calls in the window before the failure rate can open it")
     reset_timeout_s: float = Field(10.0, gt=0, description="Seconds open before a half-open probe")
+
+    @model_validator(mode="after")
+    def _min_calls_fit_window(self) -> BreakerConfig:
+        if self.min_calls > self.window:
+            raise ValueError(f"min_calls ({self.min_calls}) cannot exceed window ({self.window})")
+        return self
 
 
 class CascadeConfig(Section):
-    """Cost routing: ask a small model first, escalate when it is unsure."""
+    """Cost routing: requests routed to the small variant escalate to the large one when it is unsure."""
 
     enabled: bool = Field(False, description="Turn the cascade on")
-    small: str | None = Field(None, description="Variant name of the cheap model")
-    large: str | None = Field(None, description="Variant name of the model to escalate to")
+    small: str | None = Field(None, description="Variant name of the cheap model (route traffic to it by weight)")
+    large: str | None = Field(None, description="Variant name of the model to escalate to (its weight may be 0)")
     threshold: float = Field(0.8, ge=0, le=1, description="Escalate when the small model's confidence is below")
 
 
@@ -126,11 +184,34 @@ class ABConfig(Section):
     @field_validator("variants")
     @classmethod
     def _weights_sum_to_one(cls, variants: dict[str, ABVariantConfig]) -> dict[str, ABVariantConfig]:
+        for name in variants:
+            if not re.fullmatch(AB_VARIANT_NAME_PATTERN, name):
+                raise ValueError(f"variant name {name!r} may hold only letters, digits, '_', '.' and '-'")
         if variants:
             total = sum(v.weight for v in variants.values())
-            if abs(total - 1.0) > 1e-6:
+            if abs(total - 1.0) > AB_WEIGHT_TOLERANCE:
                 raise ValueError(f"weights must sum to 1, got {total:g}")
         return variants
+
+    @model_validator(mode="after")
+    def _names_refer_to_variants(self) -> ABConfig:
+        if self.enabled and not self.variants:
+            raise ValueError("ab.enabled needs at least one variant (prodai ab-set v1=0.8 v2=0.2)")
+        if self.enabled and not self.model:
+            raise ValueError("ab.enabled needs ab.model, the registered model the variants belong to")
+        known = ", ".join(self.variants) or "none"
+        if self.fallback is not None and self.fallback not in self.variants:
+            raise ValueError(f"fallback {self.fallback!r} is not a variant (variants: {known})")
+        if self.cascade.enabled:
+            small, large = self.cascade.small, self.cascade.large
+            if not small or not large:
+                raise ValueError("cascade.enabled needs cascade.small and cascade.large")
+            for role, name in (("small", small), ("large", large)):
+                if name not in self.variants:
+                    raise ValueError(f"cascade.{role} {name!r} is not a variant (variants: {known})")
+            if small == large:
+                raise ValueError("cascade.small and cascade.large must be different variants")
+        return self
 
 
 class CacheConfig(Section):
@@ -141,6 +222,12 @@ class CacheConfig(Section):
     ttl_seconds: int = Field(3600, gt=0, description="How long an entry lives")
     max_entries: int = Field(10_000, ge=1, description="memory backend: LRU bound")
     max_entry_bytes: int = Field(65_536, ge=1, description="Larger responses are not cached")
+    redis_timeout_s: float = Field(
+        0.1, gt=0, le=10, description="redis backend: socket timeout; a slower Redis is bypassed, not waited for"
+    )
+    redis_retry_s: float = Field(
+        1.0, ge=0, le=300, description="redis backend: after an error, skip Redis this long, then try it again"
+    )
 
 
 class LimitRule(Section):
@@ -166,6 +253,46 @@ class RateLimitConfig(Section):
         default_factory=lambda: LimitRule(rate=5, period_s=60.0, burst=0),
         description="Stricter limit on failed authentication attempts per IP",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Peers (IPs or CIDRs, e.g. 10.0.0.0/8) whose X-Forwarded-For names the client IP. "
+        "Empty: the TCP peer is the client",
+    )
+    redis_timeout_s: float = Field(
+        0.1, gt=0, le=10, description="redis backend: socket timeout; past it the in-memory limiter decides"
+    )
+    redis_retry_s: float = Field(
+        1.0, ge=0, le=300, description="redis backend: after an error, use the in-memory limiter this long"
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+        return values
+
+
+# API key names appear in logs, metrics and `prodai keys` output: keep them plain.
+API_KEY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}"
+
+
+def _iso_timestamp(value: str | None) -> str | None:
+    from datetime import datetime
+
+    if value is not None:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 timestamp (2026-01-31T12:00:00+00:00)") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} needs a time zone (e.g. +00:00)")
+    return value
 
 
 class ApiKeyRecord(Section):
@@ -178,6 +305,32 @@ class ApiKeyRecord(Section):
     expires: str | None = Field(None, description="ISO timestamp; empty never expires")
     revoked: bool = Field(False, description="A revoked key is refused")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(API_KEY_NAME_PATTERN, value):
+            raise ValueError("key names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("hash")
+    @classmethod
+    def _sha256_hex(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64 lowercase hex digits of a sha256 digest (never the key itself)")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _some_scope(cls, value: list[Scope]) -> list[Scope]:
+        if not value:
+            raise ValueError("a key needs at least one scope (predict or admin)")
+        return list(dict.fromkeys(value))
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _timestamp(cls, value: str | None) -> str | None:
+        return _iso_timestamp(value)
+
 
 class AuthConfig(Section):
     """API keys."""
@@ -187,6 +340,67 @@ class AuthConfig(Section):
     keys_file: str | None = Field(None, description="Keep key hashes in this YAML file instead of here")
     keys: list[ApiKeyRecord] = Field(default_factory=list, description="Key hashes (prodai keys create)")
 
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~\-]+", value):
+            raise ValueError(f"{value!r} is not a valid HTTP header name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_home_for_keys(self) -> AuthConfig:
+        if self.keys_file and self.keys:
+            raise ValueError("set auth.keys_file or auth.keys, not both (move the records into the keys file)")
+        names = [record.name for record in self.keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate key names: {', '.join(duplicates)}")
+        return self
+
+
+BUILTIN_REDACTIONS = ("ssn", "card", "email")
+
+
+class FiltersConfig(Section):
+    """Output redaction and input hygiene."""
+
+    redact: list[Literal["ssn", "card", "email"]] = Field(
+        default_factory=lambda: list[Literal["ssn", "card", "email"]](["ssn", "card", "email"]),
+        description="Built-in patterns redacted from text in responses: ssn, card (Luhn-checked), email",
+    )
+    patterns: dict[str, str] = Field(
+        default_factory=dict, description="Extra patterns to redact: name -> Python regular expression"
+    )
+    replacement: str = Field("[REDACTED:{name}]", description="What a match becomes; {name} is the pattern's name")
+    normalize_input: bool = Field(
+        True, description="Input texts: Unicode NFC; control characters except tab and newline removed"
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+                raise ValueError(f"pattern name {name!r} may hold only letters, digits, '_' and '-'")
+            if name in BUILTIN_REDACTIONS:
+                raise ValueError(f"pattern name {name!r} is built in; list it under filters.redact instead")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a valid regular expression: {exc}") from None
+            if compiled.match(""):
+                raise ValueError(f"pattern {name!r} matches the empty string")
+        return patterns
+
+    @field_validator("replacement")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        try:
+            value.format(name="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only the placeholder {name} (write {{ and }} for braces)") from None
+        return value
+
 
 class MonitoringConfig(Section):
     """Metrics and logs."""
@@ -194,6 +408,7 @@ class MonitoringConfig(Section):
     metrics: bool = Field(True, description="Expose Prometheus metrics on /metrics")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    access_log: bool = Field(True, description="One log line per request (id, route, status, duration; no body)")
 
 
 class DeployConfig(Section):
@@ -206,6 +421,21 @@ class DeployConfig(Section):
     replicas: int = Field(1, ge=1, description="compose and k8s replicas")
     gpu: bool = Field(False, description="Request a GPU and use the CUDA image variant")
     readiness_timeout_s: float = Field(120.0, gt=0, description="How long deploy waits for /health/ready")
+    name: str | None = Field(
+        None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", description="Deployment/container name. Empty: prodai-<model>"
+    )
+    host: str = Field("0.0.0.0", description="Host address the docker target publishes its port on")
+    restart_policy: Literal["no", "on-failure", "unless-stopped", "always"] = Field(
+        "unless-stopped", description="Docker restart policy of the server container"
+    )
+    grafana: bool = Field(False, description="compose: add Grafana with a provisioned dashboard")
+    redis_image: str = Field("redis:7-alpine", description="compose: Redis image")
+    prometheus_image: str = Field("prom/prometheus:v2.53.0", description="compose: Prometheus image")
+    grafana_image: str = Field("grafana/grafana:11.1.0", description="compose: Grafana image")
+    namespace: str = Field("default", description="k8s: namespace of the manifests")
+    max_replicas: int = Field(4, ge=1, description="k8s: most replicas the autoscaler may run")
+    cpu: str = Field("1", description="k8s: CPU request and limit of one replica")
+    memory: str = Field("2Gi", description="k8s: memory request and limit of one replica")
 
 
 class BatchConfig(Section):
@@ -218,6 +448,18 @@ class BatchConfig(Section):
     text_field: str = Field("text", description="JSON field holding the text")
     id_field: str = Field("id", description="JSON field holding the id; the line number when absent")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Fail the job when more lines than this are bad")
+    chunk_size: int = Field(
+        1024, ge=1, le=1_000_000, description="Input lines per crash-safe commit (output fsynced, manifest updated)"
+    )
+    engine: Literal["local", "ray"] = Field("local", description="local (this process) or ray (Ray Data actors)")
+    ray_actors: int = Field(1, ge=1, description="Model replicas (Ray actors) with --engine ray")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be auto or a positive number of texts")
+        return value
 
 
 class LoadtestConfig(Section):
@@ -228,8 +470,87 @@ class LoadtestConfig(Section):
     duration: str = Field("30s", description="Run time, e.g. 30s, 2m")
     warmup: str = Field("0s", description="Leading time excluded from the SLOs")
     slo: list[str] = Field(
-        default_factory=lambda: ["p95 < 500ms", "error_rate < 1%"], description="Gates the run must pass"
+        default_factory=lambda: ["p95 < 500ms", "error_rate < 1%"],
+        description="Gates the run must pass: pNN|avg|max < 200ms, error_rate < 1%, rps > 50",
     )
+    request_timeout_s: float = Field(30.0, gt=0, description="A request slower than this counts as failed")
+
+    @field_validator("duration", "warmup")
+    @classmethod
+    def _is_duration(cls, value: str, info: Any) -> str:
+        from prodai_cli.errors import UsageError
+        from prodai_cli.loadtest.slo import parse_duration
+
+        try:
+            parse_duration(value, what=info.field_name, allow_zero=info.field_name == "warmup")
+        except UsageError as exc:
+            raise ValueError(f"{exc.message}; write durations like 30s, 2m or 1m30s") from None
+        return value
+
+    @field_validator("slo")
+    @classmethod
+    def _are_slos(cls, value: list[str]) -> list[str]:
+        from prodai_cli.errors import UsageError
+        from prodai_cli.loadtest.slo import parse_slo
+
+        for text in value:
+            try:
+                parse_slo(text)
+            except UsageError as exc:
+                raise ValueError(f"{exc.message}; {exc.hint or ''}".rstrip("; ")) from None
+        return value
+
+
+# The production checklist, in the order `prodai check` runs it (the burst of rate_limit comes last among the
+# live items: it uses up this client's per-IP quota for a moment).
+CheckItem = Literal[
+    "health", "registry", "docs", "metrics", "logging", "errors", "cache", "security", "rate_limit", "loadtest",
+]
+CHECK_ITEMS: tuple[str, ...] = CheckItem.__args__  # type: ignore[attr-defined]
+
+
+class CheckConfig(Section):
+    """prodai check (the production checklist) and prodai ship (the gated promotion)."""
+
+    required: list[CheckItem] = Field(
+        default_factory=lambda: list[CheckItem](
+            ["health", "registry", "metrics", "logging", "errors", "cache", "security", "rate_limit", "loadtest"]
+        ),
+        description="Items that must pass (a warn passes; fail or skip fails). Others are reported only",
+    )
+    loadtest_max_age_days: float = Field(
+        7.0, gt=0, description="loadtest: the last passing load test of a served version must be this recent"
+    )
+    probe_key_name: str = Field(
+        "prodai-check",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,40}$",
+        description="Name prefix of the temporary API key check and ship create (revoked and removed after)",
+    )
+    burst_max_requests: int = Field(
+        500, ge=10, le=100_000, description="rate_limit: most requests the burst sends while waiting for a 429"
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of each request a check sends")
+    ship_slo: list[str] = Field(
+        default_factory=list, description="SLOs ship load-tests a candidate against. Empty: loadtest.slo"
+    )
+    ship_duration: str = Field("20s", description="Length of ship's load test, e.g. 20s, 1m")
+    ship_warmup: str = Field("3s", description="Leading part of ship's load test left out of the SLOs")
+    ship_users: int | None = Field(None, ge=1, description="Users of ship's load test. Empty: loadtest.users")
+
+    @field_validator("required")
+    @classmethod
+    def _unique_items(cls, value: list[CheckItem]) -> list[CheckItem]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("ship_duration", "ship_warmup")
+    @classmethod
+    def _ship_duration(cls, value: str, info: Any) -> str:
+        return LoadtestConfig._is_duration(value, info)
+
+    @field_validator("ship_slo")
+    @classmethod
+    def _ship_slos(cls, value: list[str]) -> list[str]:
+        return LoadtestConfig._are_slos(value)
 
 
 class ProdaiConfig(Section):
@@ -241,10 +562,12 @@ class ProdaiConfig(Section):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Rate limits")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys")
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Output redaction and input hygiene")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Metrics and logs")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Images and deployments")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch inference")
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig, description="Load tests")
+    check: CheckConfig = Field(default_factory=CheckConfig, description="Production checklist and gated promotion")
     redis_url: str | None = Field(
         None, description="Redis shared by cache and rate limits, e.g. redis://127.0.0.1:6379/0. Empty: in-memory"
     )
@@ -311,8 +634,16 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | N
 
 def _yaml() -> Any:
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
 
+    class _Representer(RoundTripRepresenter):
+        """Round-trip representer that writes None as ``null`` (ruamel's default leaves ``key:`` empty)."""
+
+    _Representer.add_representer(
+        type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     yaml = YAML(typ="rt")
+    yaml.Representer = _Representer
     yaml.preserve_quotes = True
     yaml.width = 4096
     return yaml
@@ -542,11 +873,19 @@ def edit_config(path: Path, mutate: Callable[[Any], None], *, dry_run: bool = Fa
     with file_lock(path):
         before = path.read_text(encoding="utf-8") if path.exists() else ""
         yaml = _yaml()
-        doc = yaml.load(before) if before.strip() else None
+        from ruamel.yaml.error import YAMLError
+
+        try:
+            doc = yaml.load(before) if before.strip() else None
+        except YAMLError:
+            parse_config_text(before, source=path.name)  # raises ConfigError naming the line
+            raise
         if doc is None:
             from ruamel.yaml.comments import CommentedMap
 
             doc = CommentedMap()
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path.name}: the top level must be a mapping of sections, got {type(doc).__name__}")
         mutate(doc)
         buffer = io.StringIO()
         yaml.dump(doc, buffer)

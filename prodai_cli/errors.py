@@ -12,7 +12,8 @@ Tree::
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
     │   └── InvalidModelError  exit 1  a directory that is not a loadable transformers model
     ├── InputError             exit 1  an input file that cannot be read
-    └── ThresholdError         exit 1  a job finished but crossed a configured threshold
+    ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
+    └── DeployError            exit 1  an image build, a container or the Docker engine failed
 """
 
 from __future__ import annotations
@@ -70,3 +71,7 @@ class InputError(ProdaiError):
 
 class ThresholdError(ProdaiError):
     """A job completed but crossed a threshold the user set (for example an error rate)."""
+
+
+class DeployError(ProdaiError):
+    """Building an image, starting a container or reaching the Docker engine failed."""

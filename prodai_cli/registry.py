@@ -488,6 +488,68 @@ class Registry:
             tags=tags,
         )
 
+    def log_loadtest(
+        self,
+        name: str,
+        version: int,
+        *,
+        passed: bool,
+        metrics: dict[str, float],
+        params: dict[str, str],
+        version_tags: dict[str, str] | None = None,
+        report_dir: Path | None = None,
+    ) -> str:
+        """Record a load test of a version: an MLflow run, and tags on the version pointing at it.
+
+        The run (experiment ``prodai``, tags ``prodai.action=loadtest``, ``prodai.model``, ``prodai.version``,
+        ``prodai.loadtest.passed``) holds ``metrics``, ``params`` and the report directory as artifacts under
+        ``loadtest/``. The version gets ``prodai.loadtest.passed`` (``true``/``false``),
+        ``prodai.loadtest.run_id``, ``prodai.loadtest.at`` (ISO 8601, UTC) and ``version_tags``, so the last
+        load test of a version is one ``get_version`` away.
+
+        Returns:
+            The MLflow run id.
+
+        """
+        import time
+
+        info = self.get_version(ModelRef(name=name, version=version))
+        experiment_id = self.experiment_id()
+        from mlflow.entities import Metric, Param
+
+        client = self.client
+        passed_text = "true" if passed else "false"
+        now_ms = int(time.time() * 1000)
+        with self._errors(f"Logging a load test of {name}/{info.version}"):
+            run = client.create_run(
+                experiment_id,
+                run_name=f"loadtest-{name}-v{info.version}",
+                tags={
+                    "prodai.action": "loadtest",
+                    "prodai.model": name,
+                    "prodai.version": str(info.version),
+                    "prodai.loadtest.passed": passed_text,
+                },
+            )
+            run_id = str(run.info.run_id)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(key, float(value), now_ms, 0) for key, value in metrics.items()],
+                params=[Param(key, str(value)[:6000]) for key, value in params.items()],
+            )
+            if report_dir is not None and report_dir.is_dir():
+                client.log_artifacts(run_id, str(report_dir), artifact_path="loadtest")
+            client.set_terminated(run_id, "FINISHED")
+        tags = {
+            "prodai.loadtest.passed": passed_text,
+            "prodai.loadtest.run_id": run_id,
+            "prodai.loadtest.at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **(version_tags or {}),
+        }
+        self.set_version_tags(name, info.version, tags)
+        return run_id
+
+
 def _check_alias(alias: str) -> None:
     import re
 

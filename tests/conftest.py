@@ -90,3 +90,22 @@ def registered_copy(registered_project: Path, tmp_path: Path, monkeypatch: pytes
             monkeypatch.delenv(name)
     monkeypatch.chdir(target)
     return target
+
+
+@pytest.fixture
+def redis_process(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real redis-server on a free loopback port (helpers.RedisServer: url, stop, start, restart, pause)."""
+    from helpers import RedisServer, free_port
+
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_process) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a real, empty redis-server (redis://127.0.0.1:PORT/0); killed after the test."""
+    return str(redis_process.url)

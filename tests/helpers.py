@@ -79,3 +79,83 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real `redis-server` on 127.0.0.1:<port> without persistence, that tests can stop, restart and pause.
+
+    `stop()` then `start()` brings it back on the same port and URL (empty: no persistence); `pause()` sends
+    SIGSTOP (connections hang, as with an overloaded Redis) and `resume()` SIGCONT.
+    """
+
+    def __init__(self, port: int, workdir: Path, executable: str = "redis-server") -> None:
+        self.port = port
+        self.workdir = workdir
+        self.executable = executable
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        import shutil
+        import time
+
+        exe = shutil.which(self.executable)
+        if exe is None:
+            raise RuntimeError(f"{self.executable} not found on PATH: run scripts/setup (it installs redis-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.workdir / 'redis.log'}")
+            if self.ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {timeout} s")
+
+    def ping(self, timeout: float = 0.5) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            import signal
+
+            proc.send_signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A synchronous redis-py client, for inspecting keys in tests."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)

@@ -102,7 +102,7 @@ def test_environment_overrides(project: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.tracking_uri == "http://mlflow.example:5000"
     assert settings.config.cache.enabled is False
     monkeypatch.setenv("PRODAI_SERVING__PORT", "not-a-port")
-    with pytest.raises(ConfigError, match="serving.port"):
+    with pytest.raises(ConfigError, match=r"serving\.port"):
         load_settings()
 
 
@@ -122,7 +122,7 @@ def test_edit_config_keeps_comments_and_validates(tmp_path: Path) -> None:
     def break_it(doc: dict) -> None:  # type: ignore[type-arg]
         doc["serving"]["port"] = "nope"
 
-    with pytest.raises(ConfigError, match="serving.port"):
+    with pytest.raises(ConfigError, match=r"serving\.port"):
         edit_config(path, break_it)
     assert path.read_text() == text  # refused edit leaves the file byte for byte
 

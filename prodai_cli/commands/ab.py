@@ -1,0 +1,89 @@
+"""prodai ab-set and ab-show: split traffic between model versions and see the split live."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prodai_cli.commands._common import JsonOption, console, settings
+
+
+def set_command(
+    ctx: typer.Context,
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="NAME=WEIGHT...",
+            help="Variants and weights: v3, 3 or an alias, = a fraction (0.8) or a percentage (80%); sum 1.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Registered model (default: ab.model, registry.default_model).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff of prodai.yaml; write nothing.")] = False,
+    json_flag: JsonOption = False,
+) -> None:
+    """Split traffic between versions of a model; a running server picks the change up without a restart.
+
+    Every version must exist in the registry; an alias is stored as its version number.
+
+    The edit keeps the file's comments, is validated first and is written atomically under a lock.
+
+    Example: prodai ab-set v1=0.8 v2=0.2 --model sentiment
+    """
+    from prodai_cli.abconfig import ab_set
+
+    out = console(ctx, json_flag)
+    result = ab_set(settings(ctx), assignments, model=model, dry_run=dry_run)
+    if out.json_mode:
+        out.result(result.to_dict())
+        return
+    if dry_run:
+        out.result(None, human=result.diff.rstrip("\n") or "(no change)")
+        out.info(f"Dry run: {result.path} not written")
+        return
+    split = ", ".join(f"{v.name} {v.weight:.1%} (version {v.version})" for v in result.variants)
+    verb = "Wrote" if result.written else "Unchanged"
+    out.success(f"{verb} {result.path.name}: {result.model} {split}")
+
+
+def show_command(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", help="A running server; adds its live share of traffic per variant.")
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0, help="With --url: count the traffic of the next SECONDS (0: since start)."),
+    ] = 0.0,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="PRODAI_API_KEY", help="Key sent to the server, if it wants one.")
+    ] = None,
+    json_flag: JsonOption = False,
+) -> None:
+    """Print the configured A/B weights and, with --url, the live share of traffic per variant.
+
+    Example: prodai ab-show --url http://127.0.0.1:8000 --interval 10
+    """
+    from prodai_cli.abconfig import ab_show
+
+    out = console(ctx, json_flag)
+    data = ab_show(settings(ctx).config, url=url, api_key=api_key, interval_s=interval)
+    if out.json_mode:
+        out.result(data)
+        return
+    if not data["variants"]:
+        out.info("No A/B variants configured. Try: prodai ab-set v1=0.8 v2=0.2 --model NAME")
+    state = "on" if data["enabled"] else "off"
+    columns = ["variant", "version", "weight"] + (["requests", "live share"] if url else [])
+    rows = []
+    for name, entry in [*data["variants"].items(), *data["other_variants"].items()]:
+        row = [name, entry.get("version", "(not configured)"), f"{entry['weight']:.1%}" if "weight" in entry else ""]
+        if url:
+            share = entry["share"]
+            row += [f"{entry['requests']:.0f}", "" if share is None else f"{share:.1%}"]
+        rows.append(row)
+    if rows:
+        out.table(columns, rows, title=f"A/B {state}: {data['model'] or '(no model)'}")

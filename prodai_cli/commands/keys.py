@@ -1,0 +1,105 @@
+"""prodai keys: create, list and revoke API keys (only their hashes are stored)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from prodai_cli.commands._common import JsonOption, console, settings
+
+if TYPE_CHECKING:
+    from prodai_cli.config import Scope
+
+app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
+
+
+class ScopeChoice(StrEnum):
+    """What a key may do (admin implies predict)."""
+
+    predict = "predict"
+    admin = "admin"
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", "-n", help="Unique name (letters, digits, . _ -).")],
+    scope: Annotated[
+        list[ScopeChoice] | None, typer.Option("--scope", "-s", help="predict (default) or admin; repeatable.")
+    ] = None,
+    expires: Annotated[
+        float | None, typer.Option("--expires", help="Lifetime in days (default: never expires).", min=0)
+    ] = None,
+    json_flag: JsonOption = False,
+) -> None:
+    """Create a key and print it ONCE; only its sha256 hash is stored.
+
+    The key goes in prodai.yaml (auth.keys) or in the file auth.keys_file names.
+
+    Example: prodai keys create --name ci --scope predict --expires 90
+    """
+    from prodai_cli.keys import create_key
+
+    out = console(ctx, json_flag)
+    scopes = cast("list[Scope]", [s.value for s in scope] if scope else ["predict"])
+    created = create_key(settings(ctx), name, scopes, expires)
+    record = created.record
+    out.result(
+        {
+            "name": record.name,
+            "key": created.key,
+            "scopes": record.scopes,
+            "created": record.created,
+            "expires": record.expires,
+            "stored_in": str(created.stored_in),
+        },
+        human=created.key,
+    )
+    until = f"expires {record.expires}" if record.expires else "never expires"
+    out.info(
+        f"Created key {record.name!r} (scopes: {', '.join(record.scopes)}; {until}) in {created.stored_in}. "
+        "Store it now: it cannot be shown again."
+    )
+
+
+@app.command("list")
+def list_keys(ctx: typer.Context, json_flag: JsonOption = False) -> None:
+    """List stored keys: name, scopes, dates, status and a short hash fingerprint.
+
+    Example: prodai keys list --json
+    """
+    from prodai_cli.keys import list_keys as stored_keys
+
+    out = console(ctx, json_flag)
+    keys = stored_keys(settings(ctx))
+    if out.json_mode:
+        out.result([k.to_dict() for k in keys])
+        return
+    if not keys:
+        out.info("No API keys yet. Try: prodai keys create --name NAME")
+        return
+    rows = [(k.name, ", ".join(k.scopes), k.status, k.created, k.expires or "never", k.fingerprint) for k in keys]
+    out.table(["name", "scopes", "status", "created", "expires", "fingerprint"], rows)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the key to revoke.")],
+    json_flag: JsonOption = False,
+) -> None:
+    """Revoke the key NAME; a running server refuses it within a second, no restart needed.
+
+    Example: prodai keys revoke ci
+    """
+    from prodai_cli.keys import revoke_key
+
+    out = console(ctx, json_flag)
+    revoked = revoke_key(settings(ctx), name)
+    out.result({"name": name, "revoked": True, "already_revoked": revoked.already_revoked})
+    if revoked.already_revoked:
+        out.success(f"Key {name!r} was already revoked")
+    else:
+        out.success(f"Revoked key {name!r} in {revoked.stored_in}")

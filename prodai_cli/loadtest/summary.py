@@ -1,0 +1,208 @@
+"""The summary of a load test (``summary.json``, ``--json``), its SLO verdict, and what MLflow records of it.
+
+Figures come from the Locust child's ``final`` event: ``window`` covers the run minus the warm-up (what the
+SLOs judge), ``run`` the whole run (what Locust's own CSV and HTML reports show).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prodai_cli.loadtest.slo import SloResult, evaluate
+
+if TYPE_CHECKING:
+    from prodai_cli.loadtest.plan import LoadtestPlan
+
+SUMMARY_FILE = "summary.json"
+SCHEMA_VERSION = 1
+# Locust request names carry the A/B variant as "<path> [<variant>]" (see locustfile.VARIANT_NAME_FORMAT).
+_VARIANT_NAME = re.compile(r"^(?P<path>\S+) \[(?P<variant>[^\]]+)\]$")
+NO_VARIANT = "(none)"
+# Figures of the window total that become MLflow metrics and summary "stats".
+_FIGURE_KEYS = ("requests", "failures", "error_rate", "rps", "avg_ms", "min_ms", "max_ms")
+_REPORT_FILES = (
+    SUMMARY_FILE,
+    "report.html",
+    "locust_stats.csv",
+    "locust_stats_history.csv",
+    "locust_failures.csv",
+    "locust_exceptions.csv",
+    "locust.log",
+)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="seconds")
+
+
+def figures(row: dict[str, Any]) -> dict[str, Any]:
+    """A stats row without its name and method."""
+    return {k: v for k, v in row.items() if k not in ("name", "method")}
+
+
+def variants(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-variant figures from Locust rows named ``<path> [<variant>]``; empty when no response named one.
+
+    Requests without a variant (failed before the router, or a server without A/B) are grouped as ``(none)``.
+    """
+    by_variant: dict[str, dict[str, Any]] = {}
+    plain: list[dict[str, Any]] = []
+    for row in entries:
+        match = _VARIANT_NAME.match(str(row.get("name", "")))
+        if match:
+            by_variant[match.group("variant")] = figures(row)
+        elif row.get("requests"):
+            plain.append(row)
+    if by_variant and plain:
+        if len(plain) == 1:
+            by_variant[NO_VARIANT] = figures(plain[0])
+        else:
+            requests = sum(int(r["requests"]) for r in plain)
+            failures = sum(int(r["failures"]) for r in plain)
+            by_variant[NO_VARIANT] = {"requests": requests, "failures": failures,
+                                      "error_rate": failures / requests if requests else None}
+    return dict(sorted(by_variant.items()))
+
+
+def endpoints(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows per endpoint with variant rows folded back into their path (request and failure counts)."""
+    folded: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in entries:
+        match = _VARIANT_NAME.match(str(row.get("name", "")))
+        name = match.group("path") if match else str(row.get("name", ""))
+        key = (str(row.get("method", "")), name)
+        slot = folded.setdefault(key, {"method": key[0], "name": name, "requests": 0, "failures": 0})
+        slot["requests"] += int(row.get("requests") or 0)
+        slot["failures"] += int(row.get("failures") or 0)
+    for slot in folded.values():
+        slot["error_rate"] = slot["failures"] / slot["requests"] if slot["requests"] else None
+    return list(folded.values())
+
+
+def build_summary(
+    plan: LoadtestPlan, final: dict[str, Any], *, started_at: float, finished_at: float
+) -> tuple[dict[str, Any], list[SloResult]]:
+    """Judge the SLOs on the window figures and assemble the summary.
+
+    Returns:
+        The summary dict and the per-SLO results. ``passed`` is true only when every SLO held, the window
+        measured at least one request, and Locust reported no error of its own.
+
+    """
+    window = final.get("window") or {}
+    run = final.get("run") or {}
+    total = figures(window.get("total") or {})
+    results = evaluate(plan.slos, total)
+    problems: list[str] = []
+    if not total.get("requests"):
+        problems.append("no request completed inside the SLO window")
+    if final.get("error"):
+        problems.append(str(final["error"]))
+    if final.get("exceptions"):
+        problems.append("the Locust user raised: " + "; ".join(e["message"] for e in final["exceptions"]))
+    passed = all(r.passed for r in results) and not problems
+    run_total = figures(run.get("total") or {})
+    workers = final.get("workers") or []
+    summary: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "passed": passed,
+        "failed": [r.slo.text for r in results if not r.passed],
+        "problems": problems,
+        "slos": [r.to_dict() for r in results],
+        "target": plan.target.to_dict() if plan.target else None,
+        "settings": plan.settings_dict(),
+        "started_at": _iso(started_at),
+        "finished_at": _iso(finished_at),
+        "window_seconds": final.get("window_seconds"),
+        "stats": total,
+        "run": run_total,
+        "endpoints": endpoints(window.get("entries") or []),
+        "variants": variants(window.get("entries") or []),
+        "errors": window.get("errors") or [],
+        "workers": workers,
+        "worker_requests": sum(int(w.get("requests", 0)) for w in workers) if workers else None,
+        "exceptions": final.get("exceptions") or [],
+        "report_dir": str(plan.report_dir) if plan.report_dir else None,
+        "mlflow": None,
+    }
+    return summary, results
+
+
+def write_summary(report_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``summary.json`` (listing the report files present) and return its path."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    summary["files"] = sorted({name for name in _REPORT_FILES if (report_dir / name).exists()} | {SUMMARY_FILE})
+    path = report_dir / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _metric_name(text: str) -> str:
+    # MLflow metric keys allow letters, digits, _ - . / and spaces.
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
+
+
+def mlflow_fields(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a load test records in MLflow: run metrics and params, and the model-version tags.
+
+    Metrics: the window figures (``requests``, ``failures``, ``error_rate``, ``rps``, ``avg_ms``, ``min_ms``,
+    ``max_ms``, ``p50_ms``, ``p90_ms``, ``p95_ms``, ``p99_ms`` and any other percentile an SLO names),
+    ``window_seconds``, ``run_requests``, ``run_failures``, ``slo_passed`` (1 or 0), and per variant
+    ``variant.<name>.requests|failures|error_rate|p95_ms|p99_ms|avg_ms``.
+    """
+    stats = summary.get("stats") or {}
+    metrics: dict[str, float] = {}
+    for key, value in stats.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[_metric_name(key)] = float(value)
+    if isinstance(summary.get("window_seconds"), (int, float)):
+        metrics["window_seconds"] = float(summary["window_seconds"])
+    run = summary.get("run") or {}
+    for key in ("requests", "failures"):
+        if isinstance(run.get(key), (int, float)):
+            metrics[f"run_{key}"] = float(run[key])
+    metrics["slo_passed"] = 1.0 if summary.get("passed") else 0.0
+    for name, row in (summary.get("variants") or {}).items():
+        for key in ("requests", "failures", "error_rate", "avg_ms", "p95_ms", "p99_ms"):
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[_metric_name(f"variant.{name}.{key}")] = float(value)
+    settings = summary.get("settings") or {}
+    target = summary.get("target") or {}
+    params = {
+        "target_url": target.get("url"),
+        "deployment": target.get("deployment"),
+        "mode": settings.get("mode"),
+        "users": settings.get("users"),
+        "spawn_rate": settings.get("spawn_rate"),
+        "duration_s": settings.get("duration_s"),
+        "warmup_s": settings.get("warmup_s"),
+        "workers": settings.get("workers"),
+        "path": settings.get("path"),
+        "data": settings.get("data"),
+        "payloads": settings.get("payloads"),
+        "user_ids": settings.get("user_ids"),
+        "slos": "; ".join(settings.get("slos") or []),
+    }
+    slo_texts = "; ".join(r["slo"] for r in summary.get("slos") or [])
+    version_tags = {
+        "prodai.loadtest.slos": slo_texts,
+        "prodai.loadtest.failed": "; ".join(summary.get("failed") or []),
+        "prodai.loadtest.requests": str(stats.get("requests", 0)),
+        "prodai.loadtest.error_rate": _tag_number(stats.get("error_rate")),
+        "prodai.loadtest.p95_ms": _tag_number(stats.get("p95_ms")),
+        "prodai.loadtest.rps": _tag_number(stats.get("rps")),
+    }
+    return {
+        "metrics": metrics,
+        "params": {k: str(v) for k, v in params.items() if v is not None and v != ""},
+        "version_tags": version_tags,
+    }
+
+
+def _tag_number(value: Any) -> str:
+    return f"{float(value):.6g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""

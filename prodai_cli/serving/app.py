@@ -1,0 +1,436 @@
+"""The FastAPI app factory of the model server.
+
+``create_app(settings, model=...)`` assembles the server: metrics, the model pool, the request pipeline
+(with its seams, see :mod:`prodai_cli.serving.pipeline`), the routes and the lifespan that loads models in
+the background and drains on shutdown. ``factory()`` is the same for uvicorn workers, which cannot be
+handed an object: it reads the config from ``$PRODAI_CONFIG`` (and the pinned model from
+``$PRODAI_SERVE_MODEL``): ``uvicorn --factory prodai_cli.serving.app:factory``.
+
+Lifecycle:
+
+- start-up: the socket opens at once; models load and warm in a thread meanwhile. ``/health/live`` is 200,
+  ``/health/ready`` and predictions are 503 (with Retry-After) until every configured version is ready.
+- A/B: without ``model`` and with ``ab.enabled`` the server routes by the ``ab:`` section (every version it
+  names is loaded and warmed before the server is ready) and follows edits of prodai.yaml live (see
+  :mod:`prodai_cli.serving.reload`); with ``model`` it serves that one model.
+- Protection: API keys, rate limits, the response cache and output redaction sit in the request path as
+  the config says (see :mod:`prodai_cli.serving.protection`).
+- SIGTERM: ``/health/ready`` turns 503 at once and predictions are still served for
+  ``serving.drain_delay_s`` (load balancers stop sending traffic); then uvicorn closes the socket and
+  in-flight requests get ``serving.grace_period_s`` to finish; then batchers stop and the process exits.
+  Ctrl-C (SIGINT) skips the delay; a second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+# FastAPI reads handler annotations at runtime: Request and JSONResponse must be importable by name here.
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from prodai_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from prodai_cli.config import ABConfig, MonitoringConfig, ProdaiConfig, ServingConfig, Settings
+    from prodai_cli.serving.metrics import ServerMetrics
+    from prodai_cli.serving.pipeline import PredictPipeline
+    from prodai_cli.serving.pool import ModelPool
+    from prodai_cli.serving.protection import Protection
+    from prodai_cli.serving.reload import ConfigReloader
+    from prodai_cli.serving.routing import ABRouting, Resilience
+
+logger = logging.getLogger("prodai.serving")
+
+ENV_SERVE_MODEL = "PRODAI_SERVE_MODEL"
+# host:port the workers were bound to (for the start-up warnings), set by the multi-worker runner.
+ENV_SERVE_BIND = "PRODAI_SERVE_BIND"
+ADMIN_RELOAD_ROUTE = "/admin/reload"
+# uvicorn's exit status for a worker that failed before serving: its supervisor stops instead of restarting.
+STARTUP_FAILURE = 3
+
+
+def served_model_ref(settings: Settings, model: str | None = None) -> str:
+    """The reference the server loads: ``model``, else ``serving.model``, else ``registry.default_model``.
+
+    Raises:
+        ConfigError: None of them is set.
+
+    """
+    ref = model or settings.config.serving.model or settings.config.registry.default_model
+    if not ref:
+        raise ConfigError(
+            "No model to serve: pass --model, or set serving.model or registry.default_model in prodai.yaml",
+            hint="Example: prodai serve --model sentiment@production",
+        )
+    return ref
+
+
+class ServerState:
+    """Everything one server app holds: config sections, metrics, pool, pipeline, lifecycle flags.
+
+    Reachable from handlers and from wiring code as ``app.state.prodai``.
+
+    Attributes:
+        model_keys: The pool keys this server must have ready before it reports ready.
+        draining: Set on SIGTERM (or shutdown): readiness answers 503 from then on.
+        on_fatal: Called with a reason when a configured model fails to load (the runner stops the server;
+            uvicorn workers exit with status 3 so their supervisor stops); None keeps serving 503s.
+
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServerMetrics,
+        pool: ModelPool,
+        pipeline: PredictPipeline,
+        model_keys: list[str],
+    ) -> None:
+        self.settings = settings
+        self.serving: ServingConfig = settings.config.serving
+        self.monitoring: MonitoringConfig = settings.config.monitoring
+        self.metrics = metrics
+        self.pool = pool
+        self.pipeline = pipeline
+        self.model_keys = model_keys
+        self.draining = False
+        self.started = time.time()
+        self.load_error: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Set by create_app: the protection steps, the A/B parts (None without A/B) and the config watcher.
+        self.protection: Protection | None = None
+        self.routing: ABRouting | None = None
+        self.resilience: Resilience | None = None
+        self.reloader: ConfigReloader | None = None
+        self.bind: tuple[str, int | None] = (self.serving.host, self.serving.port)
+
+    def not_ready_reason(self) -> str | None:
+        """Why ``/health/ready`` is 503, or None when ready."""
+        if self.draining:
+            return "draining: the server is shutting down"
+        if self.load_error:
+            return f"model failed to load: {self.load_error}"
+        for key in self.model_keys:
+            model = self.pool.get(key)
+            if model is None or not model.ready:
+                return f"loading model {key}"
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """Every configured version loaded and warmed, and not draining."""
+        return self.not_ready_reason() is None
+
+    def health(self) -> dict[str, Any]:
+        """The ``/health`` document."""
+        loaded = all((m := self.pool.get(k)) is not None and m.ready for k in self.model_keys)
+        if self.draining:
+            status = "draining"
+        elif self.load_error:
+            status = "failed"
+        else:
+            status = "ok" if loaded else "loading"
+        document: dict[str, Any] = {
+            "status": status,
+            "model_loaded": loaded,
+            "pid": os.getpid(),
+            "models": {m.key: m.describe() for m in self.pool.entries()},
+        }
+        if self.routing is not None and self.resilience is not None:
+            breakers = self.resilience.breakers.snapshot()
+            document["ab"] = {
+                **self.routing.current.describe(),
+                "breakers": {str(version): snapshot for version, snapshot in breakers.items()},
+            }
+        if self.reloader is not None:
+            document["config"] = self.reloader.describe()
+        return document
+
+    def begin_drain(self) -> None:
+        """Report not-ready from now on (requests are still served until the server stops)."""
+        if not self.draining:
+            self.draining = True
+            logger.info("draining", extra={"drain_delay_s": self.serving.drain_delay_s})
+
+    async def load_models(self) -> None:
+        """Load and warm every configured version (the lifespan runs this in the background)."""
+        for key in self.model_keys:
+            try:
+                await self.pool.ensure(key)
+            except Exception as exc:
+                self.load_error = str(exc) or type(exc).__name__
+                logger.error("server cannot start", extra={"model": key, "error": self.load_error})
+                if self.on_fatal is not None:
+                    self.on_fatal(self.load_error)
+                return
+
+
+def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str, int] | None = None) -> FastAPI:
+    """Build the model server app.
+
+    Args:
+        settings: Loaded settings (``serving`` and ``monitoring`` sections, registry for references).
+        model: Model reference or directory to serve. Pin it (``NAME/VERSION``) so every worker loads the
+            same version. None: the ``ab:`` split when ``ab.enabled``, else ``serving.model``, then
+            ``registry.default_model``.
+        bind: The address the server listens on (for the start-up warnings; default: ``serving``'s).
+
+    Returns:
+        The FastAPI app; models start loading when its lifespan starts.
+
+    Raises:
+        ConfigError: No model configured, unreadable API keys, a Redis backend without ``redis_url``.
+        ModelNotFoundError: An A/B variant names an alias the registry does not know.
+
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from prodai_cli import __version__
+    from prodai_cli.serving import routes
+    from prodai_cli.serving.errors import InvalidRequest, ServingError
+    from prodai_cli.serving.faults import FaultInjectingPool, fault_plan_from_env
+    from prodai_cli.serving.metrics import ServerMetrics
+    from prodai_cli.serving.middleware import ObservabilityMiddleware, context_of
+    from prodai_cli.serving.pipeline import PredictPipeline, Router, SingleModelRouter
+    from prodai_cli.serving.pool import ModelPool
+    from prodai_cli.serving.protection import Protection
+    from prodai_cli.serving.reload import ABReload, ConfigReloader, install_sighup
+    from prodai_cli.serving.schemas import ErrorResponse, RequestModels
+
+    serving = settings.config.serving
+    ab_mode = model is None and settings.config.ab.enabled
+    metrics = ServerMetrics()
+    faults = fault_plan_from_env()
+    pool = ModelPool(settings, serving, metrics) if faults is None else FaultInjectingPool(
+        settings, serving, metrics, faults
+    )
+    protection = Protection(settings, metrics)
+    routing: ABRouting | None = None
+    resilience: Resilience | None = None
+    router: Router
+    if ab_mode:
+        from prodai_cli.serving.breaker import Breakers
+        from prodai_cli.serving.reload import resolve_router
+        from prodai_cli.serving.routing import ABMetrics, ABRouting, Resilience
+
+        routing = ABRouting(pool, resolve_router(settings, settings.config))
+        resilience = Resilience(pool, Breakers(settings.config.ab.breaker), ABMetrics(metrics))
+        model_keys = routing.pool_keys()
+        router = routing
+    else:
+        key = served_model_ref(settings, model)
+        model_keys = [key]
+        router = SingleModelRouter(pool, key)
+    for key in model_keys:
+        pool.add(key)
+    pipeline = PredictPipeline(
+        RequestModels(serving.max_text_chars, serving.max_batch_items),
+        router,
+        max_body_bytes=serving.max_body_bytes,
+        request_timeout_s=serving.request_timeout_s,
+        log_bodies=serving.log_bodies,
+    )
+    # The seams of prodai_cli/serving/pipeline.py, in request order.
+    pipeline.guards.append(protection.guard)
+    pipeline.input_hooks.append(protection.normalize)
+    pipeline.cache = protection.cached
+    pipeline.resilience = resilience
+    if protection.output_filter.active:
+        pipeline.output_filters.append(protection.redact)
+    pipeline.after.append(protection.sync_metrics)
+    metrics.before_render.append(protection.sync_metrics)
+    state = ServerState(settings, metrics, pool, pipeline, model_keys)
+    state.protection, state.routing, state.resilience = protection, routing, resilience
+    if bind is not None:
+        state.bind = bind
+    ab_reload: ABReload | None = None
+    if routing is not None and resilience is not None:
+        resilience.refresh_gauges()
+        metrics.before_render.append(resilience.refresh_gauges)
+
+        def set_model_keys(keys: list[str]) -> None:
+            state.model_keys = keys
+
+        ab_reload = ABReload(settings, routing, pool, resilience.breakers, set_model_keys)
+    apply = ab_reload if ab_reload is not None else _pinned_apply(model, settings.config.ab)
+    reloader = ConfigReloader(settings, metrics, apply)
+    state.reloader = reloader
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
+        restore = _install_drain_handlers(state)
+        restore_hup = install_sighup(reloader)
+        protection.log_startup(*state.bind)
+        if faults is not None:
+            logger.warning("FAULT INJECTION IS ON: versions in the faults file fail", extra={"path": str(faults.path)})
+        loader = asyncio.create_task(state.load_models(), name="prodai-load-models")
+        watcher = asyncio.create_task(reloader.run(), name="prodai-config-watcher")
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            for task in (loader, watcher):
+                if not task.done():
+                    task.cancel()
+            if ab_reload is not None:
+                ab_reload.cancel()
+            await pool.close(timeout=max(1.0, serving.grace_period_s))
+            await protection.aclose()
+            restore_hup()
+            restore()
+
+    app = FastAPI(
+        title="prodai model server",
+        version=__version__,
+        description="Predictions from a registered transformers model, micro-batched.",
+        lifespan=lifespan,
+    )
+    app.state.prodai = state
+
+    def request_id(request: Request) -> str | None:
+        ctx = context_of(request.state)
+        return ctx.request_id if ctx is not None else None
+
+    async def serving_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServingError)
+        return JSONResponse(exc.body(request_id(request)), status_code=exc.status_code, headers=exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"detail": str(exc.detail), "code": code, "request_id": request_id(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return await serving_error(request, InvalidRequest("Invalid request", errors=errors))
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    routes.register_routes(app, state)
+
+    @app.post(
+        ADMIN_RELOAD_ROUTE,
+        tags=["admin"],
+        summary="Reload prodai.yaml now",
+        response_model=None,
+        responses={
+            200: {"description": "Reloaded: the new config is live"},
+            401: {"model": ErrorResponse, "description": "Missing or bad API key"},
+            403: {"model": ErrorResponse, "description": "The key lacks the admin scope"},
+            409: {"description": "Refused (invalid file, a version that does not load): the last good config stays"},
+            429: {"model": ErrorResponse, "description": "Rate limited"},
+        },
+    )
+    async def admin_reload(request: Request) -> JSONResponse:
+        """Re-read and apply prodai.yaml (as SIGHUP does); needs a key with the ``admin`` scope."""
+        ctx = context_of(request.state)
+        assert ctx is not None  # the middleware always sets it
+        await protection.authorize(ctx, "admin")
+        outcome = await reloader.reload(reason="admin request")
+        body = {"status": "reloaded" if outcome.ok else "refused", **outcome.to_dict()}
+        return JSONResponse(body, status_code=200 if outcome.ok else 409)
+
+    known = frozenset(
+        routes.PREDICT_ROUTES
+        + routes.HEALTH_ROUTES
+        + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE)
+        + routes.DOC_ROUTES
+    )
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=metrics,
+        known_routes=known,
+        access_log=settings.config.monitoring.access_log,
+    )
+    return app
+
+
+def factory() -> FastAPI:
+    """The app for uvicorn workers: config from ``$PRODAI_CONFIG``, model from ``$PRODAI_SERVE_MODEL``.
+
+    A model that fails to load makes the worker exit with status 3, which stops uvicorn's supervisor
+    instead of restarting the worker forever.
+    """
+    from prodai_cli.config import load_settings
+    from prodai_cli.serving.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
+    host, _, port = os.environ.get(ENV_SERVE_BIND, "").rpartition(":")
+    bind = (host, int(port)) if host and port.isdigit() else None
+    app = create_app(settings, model=os.environ.get(ENV_SERVE_MODEL) or None, bind=bind)
+    app.state.prodai.on_fatal = _exit_worker
+    return app
+
+
+def _pinned_apply(model: str | None, ab: ABConfig) -> Callable[[ProdaiConfig], Awaitable[list[str]]]:
+    """The reload step of a server without A/B: nothing to switch; say so when ``ab:`` changed."""
+    last: list[ABConfig] = [ab]
+
+    async def apply(config: ProdaiConfig) -> list[str]:
+        if config.ab != last[0]:
+            why = f"it serves --model {model}" if model else "A/B was off when it started"
+            logger.warning(f"ab: changed, but this server does not route A/B ({why}); restart it to apply")
+        last[:] = [config.ab]
+        return []
+
+    return apply
+
+
+def _exit_worker(reason: str) -> None:
+    logging.shutdown()
+    os._exit(STARTUP_FAILURE)
+
+
+def _install_drain_handlers(state: ServerState) -> Callable[[], None]:
+    """Wrap uvicorn's SIGTERM/SIGINT handlers so readiness flips first and SIGTERM waits drain_delay_s.
+
+    Only in the main thread (where uvicorn installs its handlers); returns a function restoring them.
+    """
+    if threading.current_thread() is not threading.main_thread() or state.loop is None:
+        return lambda: None
+    loop = state.loop
+    previous: dict[int, Any] = {}
+
+    def make_handler(sig: int, forward: Callable[[int, FrameType | None], Any]) -> Callable[..., None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            first = not state.draining
+            state.begin_drain()
+            delay = state.serving.drain_delay_s if (first and signum == signal.SIGTERM) else 0.0
+            if delay > 0:
+                loop.call_soon_threadsafe(loop.call_later, delay, forward, signum, None)
+            else:
+                forward(signum, frame)
+
+        return handler
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if callable(current):
+            previous[sig] = current
+            signal.signal(sig, make_handler(sig, current))
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore

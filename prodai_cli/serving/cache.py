@@ -1,0 +1,432 @@
+"""Response cache: one key over model, resolved version, canonical input and parameters; fail-open.
+
+A cached answer is only as right as its key. :func:`cache_key` hashes the model name, the *resolved*
+version (``"3"``, never an alias such as ``production``: after a promotion the alias points elsewhere and
+the old answers must not be served), the input in a canonical form (Unicode NFC, JSON with sorted keys and
+fixed separators, so ``{"a":1,"b":2}`` and ``{"b": 2, "a": 1}`` share an entry) and the parameters.
+
+Two backends: ``memory`` (a bounded LRU with TTL, per process, the embedded default) and ``redis`` (TTL, a
+maximum entry size, short socket timeouts). :meth:`ResponseCache.get_or_compute` adds single-flight, so N
+identical concurrent misses in one process run the model once, and fails open: when Redis is down or slow
+the request is computed and answered without the cache (counted in ``errors`` and ``bypasses``), Redis is
+left alone for ``redis_retry_s`` so requests do not each pay a timeout, and then tried again, so the
+cache comes back by itself when Redis does.
+
+Call pattern in an async request path::
+
+    cache = ResponseCache.from_config(settings.config)        # once, at start-up
+    key = cache_key(model_name, resolved_version, {"text": text}, params)
+    result = await cache.get_or_compute(key, lambda: predict(text))
+    response.headers["X-Cache"] = result.status              # HIT, MISS or BYPASS
+    ...
+    await cache.aclose()                                      # at shutdown
+
+Counters (plain ints, read by the metrics layer): ``hits``, ``misses``, ``coalesced``, ``bypasses``,
+``errors``, ``oversize``, ``stores``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from prodai_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from prodai_cli.config import CacheConfig, ProdaiConfig
+
+V = TypeVar("V")
+CacheStatus = Literal["HIT", "MISS", "BYPASS"]
+KEY_PREFIX = "prodai:cache:"
+
+
+# --------------------------------------------------------------------------------------------- keys
+
+
+def _nfc(value: Any) -> Any:
+    """``value`` with every string (dict keys included) in Unicode NFC."""
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, Mapping):
+        return {_nfc(k): _nfc(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nfc(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """One text per meaning: NFC strings, sorted keys, no whitespace, non-ASCII kept as is.
+
+    Raises:
+        TypeError: ``value`` holds something JSON cannot express (the caller's input was not JSON).
+
+    """
+    return json.dumps(_nfc(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def cache_key(model: str, version: str | int, inputs: Any, params: Mapping[str, Any] | None = None) -> str:
+    """The sha256 hex digest that names one cacheable answer.
+
+    Args:
+        model: Registered model name.
+        version: The *resolved* version number (never an alias: aliases move).
+        inputs: The request input, JSON-like (a text, a dict of fields, a list of texts).
+        params: Anything else that changes the answer (task, top-k, truncation...).
+
+    Returns:
+        64 lowercase hex digits.
+
+    """
+    document = canonical_json([model, str(version), inputs, dict(params or {})])
+    # surrogatepass: a lone surrogate (valid in JSON text, not in UTF-8) must still hash, not raise.
+    return hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- redis
+
+
+class RedisGuard:
+    """A lazily connected ``redis.asyncio`` client that is skipped for a while after it fails.
+
+    Every operation through :meth:`run` has a deadline of about twice the socket timeout. After a failure
+    the guard reports :attr:`available` False for ``retry_s`` seconds (callers fall back without touching
+    Redis), then lets the next call probe Redis again; that is how a cache or limiter recovers by itself.
+    The client is re-created when the running event loop changes (asyncio clients belong to one loop).
+
+    Attributes:
+        errors: Failed operations (connection refused, timeout, protocol error...).
+        recoveries: Times an operation succeeded after a failure.
+        last_error: The latest failure, ``"ExcType: message"``, for logs.
+
+    """
+
+    def __init__(self, url: str, *, timeout_s: float, retry_s: float) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.errors = 0
+        self.recoveries = 0
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._failing = False
+        self._client: Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Import now (start-up), not inside the first operation's deadline: it takes longer than a timeout.
+        import redis.asyncio  # noqa: F401
+
+    @property
+    def available(self) -> bool:
+        """False while backing off after a failure."""
+        return time.monotonic() >= self._retry_at
+
+    def client(self) -> Redis:
+        """The client for the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self._client = Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+                # No hidden retries: one quick failure, then the guard backs off.
+                retry=Retry(NoBackoff(), 0),
+                # CLIENT SETINFO would add round trips to every new connection.
+                lib_name=None,
+                lib_version=None,
+            )
+            self._loop = loop
+        return self._client
+
+    async def run(self, operation: Callable[[Redis], Awaitable[V]]) -> V:
+        """Run ``operation(client)`` under the deadline; record success or failure.
+
+        Raises:
+            Exception: Whatever the operation raised, or TimeoutError past the deadline; the caller
+                decides how to fail open.
+
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s * 2 + 0.05):
+                result = await operation(self.client())
+        except Exception as exc:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failing = True
+            self._retry_at = time.monotonic() + self.retry_s
+            raise
+        if self._failing:
+            self._failing = False
+            self.recoveries += 1
+        return result
+
+    async def aclose(self) -> None:
+        """Close the client's connections (call from the loop that used it)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+
+class MemoryBackend:
+    """A bounded LRU of serialised answers with a TTL, private to this process."""
+
+    def __init__(self, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> bytes | None:
+        """The stored bytes, or None when absent or expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, data = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return data
+
+    def set(self, key: str, data: bytes) -> None:
+        """Store ``data``, evicting the least recently used entries past the bound."""
+        self._entries[key] = (self._clock() + self.ttl_s, data)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+
+
+# --------------------------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class CacheResult(Generic[V]):
+    """What :meth:`ResponseCache.get_or_compute` answered.
+
+    Attributes:
+        value: The answer (from the cache, or computed now).
+        status: ``HIT`` (from the cache, or from an identical request computed at the same time; BYPASS
+            when that one bypassed the cache),
+            ``MISS`` (computed now; stored unless too large or refused by ``should_store``) or ``BYPASS``
+            (cache off or its backend unavailable: computed, not stored): the ``X-Cache`` header value.
+        coalesced: True when another identical request computed the value (single-flight).
+
+    """
+
+    value: V
+    status: CacheStatus
+    coalesced: bool = False
+
+
+class ResponseCache:
+    """Single-flight, fail-open cache of JSON-serialisable answers.
+
+    Args:
+        config: The ``cache`` section.
+        redis_url: Required when ``config.backend`` is ``redis``.
+        key_prefix: Prefix of Redis keys.
+
+    Raises:
+        ConfigError: ``backend: redis`` without a ``redis_url``.
+
+    """
+
+    def __init__(self, config: CacheConfig, redis_url: str | None = None, *, key_prefix: str = KEY_PREFIX) -> None:
+        self.config = config
+        self.enabled = config.enabled
+        self.key_prefix = key_prefix
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0
+        self.bypasses = 0
+        self.oversize = 0
+        self.stores = 0
+        self._local_errors = 0
+        # key -> (the shared computation, whether its leader bypassed the backend)
+        self._inflight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
+        self.memory: MemoryBackend | None = None
+        self.redis: RedisGuard | None = None
+        if config.backend == "redis":
+            if not redis_url:
+                raise ConfigError(
+                    "cache.backend is redis but redis_url is empty",
+                    hint="Set redis_url (or PRODAI_REDIS_URL), or cache.backend: memory",
+                )
+            self.redis = RedisGuard(redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s)
+        else:
+            self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
+
+    @classmethod
+    def from_config(cls, config: ProdaiConfig) -> ResponseCache:
+        """The cache the config describes (its ``cache`` section and top-level ``redis_url``)."""
+        return cls(config.cache, config.redis_url)
+
+    @property
+    def errors(self) -> int:
+        """Backend failures: Redis errors and timeouts, undecodable entries."""
+        return self._local_errors + (self.redis.errors if self.redis else 0)
+
+    def stats(self) -> dict[str, int]:
+        """Every counter, for metrics and tests."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "coalesced": self.coalesced,
+            "bypasses": self.bypasses,
+            "errors": self.errors,
+            "oversize": self.oversize,
+            "stores": self.stores,
+        }
+
+    # ---- raw access (tests, tools); both fail open
+    async def get(self, key: str) -> tuple[Any, bool]:
+        """Look ``key`` up: ``(value, True)`` on a hit, ``(None, False)`` on a miss or backend failure."""
+        found, data = await self._read(key)
+        if not found or data is None:
+            return None, False
+        try:
+            return json.loads(data), True
+        except ValueError:
+            self._local_errors += 1
+            return None, False
+
+    async def set(self, key: str, value: Any) -> bool:
+        """Store ``value`` under ``key``; False when too large, not JSON, or the backend failed."""
+        try:
+            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):
+            self._local_errors += 1
+            return False
+        if len(data) > self.config.max_entry_bytes:
+            self.oversize += 1
+            return False
+        return await self._write(key, data)
+
+    # ---- the request path
+    async def get_or_compute(
+        self,
+        key: str,
+        compute: Callable[[], Awaitable[V]],
+        *,
+        should_store: Callable[[V], bool] | None = None,
+    ) -> CacheResult[V]:
+        """Answer from the cache, or compute once (per process) for all identical concurrent callers.
+
+        Args:
+            key: From :func:`cache_key`.
+            compute: Produces the answer on a miss; awaited at most once per key at a time. It runs as
+                its own task, so a caller that disconnects does not cancel it for the others.
+            should_store: Return False for answers that must not be cached (a fallback model's answer).
+
+        Returns:
+            The value and its ``X-Cache`` status.
+
+        Raises:
+            Exception: Whatever ``compute`` raised (errors are never cached). Cache failures never
+                raise: they are counted and the value is computed.
+
+        """
+        if not self.enabled:
+            return CacheResult(await compute(), "BYPASS")
+        flight = self._inflight.get(key)
+        bypass = False
+        if flight is None:
+            found, data = await self._read(key)
+            if found and data is not None:
+                try:
+                    value: V = json.loads(data)
+                except ValueError:
+                    self._local_errors += 1
+                else:
+                    self.hits += 1
+                    return CacheResult(value, "HIT")
+            bypass = not found
+            # Another caller may have become the leader while we waited for the backend.
+            flight = self._inflight.get(key)
+        if flight is not None:
+            self.coalesced += 1
+            task, leader_bypassed = flight
+            value = await asyncio.shield(task)
+            return CacheResult(value, "BYPASS" if leader_bypassed else "HIT", coalesced=True)
+        if bypass:
+            self.bypasses += 1
+        else:
+            self.misses += 1
+        task = asyncio.ensure_future(self._compute_and_store(key, compute, should_store, store=not bypass))
+        self._inflight[key] = (task, bypass)
+        task.add_done_callback(lambda done: self._finished(key, done))
+        value = await asyncio.shield(task)
+        return CacheResult(value, "BYPASS" if bypass else "MISS")
+
+    async def _compute_and_store(
+        self, key: str, compute: Callable[[], Awaitable[V]], should_store: Callable[[V], bool] | None, *, store: bool
+    ) -> V:
+        value = await compute()
+        if store and (should_store is None or should_store(value)):
+            await self.set(key, value)
+        return value
+
+    def _finished(self, key: str, task: asyncio.Task[Any]) -> None:
+        flight = self._inflight.get(key)
+        if flight is not None and flight[0] is task:
+            del self._inflight[key]
+        # Followers read the outcome through their shield; mark it retrieved for when nobody is left.
+        if not task.cancelled():
+            task.exception()
+
+    async def _read(self, key: str) -> tuple[bool, bytes | None]:
+        """``(True, data-or-None)`` when the backend answered, ``(False, None)`` when it is unavailable."""
+        if self.memory is not None:
+            return True, self.memory.get(key)
+        assert self.redis is not None
+        if not self.redis.available:
+            return False, None
+        try:
+            data = await self.redis.run(lambda client: client.get(self.key_prefix + key))
+        except Exception:
+            return False, None
+        return True, data.encode("utf-8") if isinstance(data, str) else data
+
+    async def _write(self, key: str, data: bytes) -> bool:
+        if self.memory is not None:
+            self.memory.set(key, data)
+            self.stores += 1
+            return True
+        assert self.redis is not None
+        if not self.redis.available:
+            return False
+        ttl = self.config.ttl_seconds
+        try:
+            await self.redis.run(lambda client: client.set(self.key_prefix + key, data, ex=ttl))
+        except Exception:
+            return False
+        self.stores += 1
+        return True
+
+    async def aclose(self) -> None:
+        """Release Redis connections (at server shutdown)."""
+        if self.redis is not None:
+            await self.redis.aclose()

@@ -1,0 +1,159 @@
+"""The outermost step of every request: request id, in-flight gauge, response headers, metrics, access log.
+
+A plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, which costs a task and a copy per request).
+It creates the :class:`~prodai_cli.serving.pipeline.RequestContext` the later steps fill in, adds
+``X-Request-ID``, ``X-Model-Version`` and the headers steps asked for to every response (refusals
+included), and turns an unexpected exception into a JSON 500 with the request id instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from prodai_cli.serving.logging import access_logger
+from prodai_cli.serving.pipeline import RequestContext
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from prodai_cli.serving.metrics import ServerMetrics
+
+logger = logging.getLogger("prodai.serving")
+
+CONTEXT_KEY = "prodai_ctx"
+# Accept a caller's request id only if it is short and plain: it goes into logs and headers verbatim.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_from(value: str | None) -> str:
+    """The caller's ``X-Request-ID`` when well formed, else a new random one."""
+    if value and _REQUEST_ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def context_of(scope_or_state: Any) -> RequestContext | None:
+    """The RequestContext of a request (from its ``request.state`` or ASGI scope)."""
+    if isinstance(scope_or_state, dict):
+        value = scope_or_state.get("state", {}).get(CONTEXT_KEY)
+    else:
+        value = getattr(scope_or_state, CONTEXT_KEY, None)
+    return value if isinstance(value, RequestContext) else None
+
+
+def _header(value: str) -> bytes:
+    return value.encode("latin-1", "replace")
+
+
+class ObservabilityMiddleware:
+    """Wraps the app; see the module docstring.
+
+    Args:
+        app: The ASGI app to wrap.
+        metrics: Server metrics (None: not recorded).
+        known_routes: Paths that get their own ``route`` label; everything else is ``other`` (bounded
+            label cardinality whatever paths clients try).
+        access_log: Log one line per request.
+
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, metrics: ServerMetrics | None, known_routes: frozenset[str], access_log: bool = True
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_routes = known_routes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection scope."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        started_at = time.perf_counter()
+        headers = Headers(scope=scope)
+        path: str = scope.get("path", "")
+        client = scope.get("client")
+        ctx = RequestContext(
+            request_id=request_id_from(headers.get("x-request-id")),
+            method=scope.get("method", ""),
+            path=path,
+            route=path if path in self.known_routes else "other",
+            client_ip=client[0] if client else None,
+            headers=headers,
+        )
+        scope.setdefault("state", {})[CONTEXT_KEY] = ctx
+        status = 0
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.inflight.inc()
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                raw = list(message.get("headers", []))
+                raw.append((b"x-request-id", _header(ctx.request_id)))
+                if ctx.model_version:
+                    raw.append((b"x-model-version", _header(ctx.model_version)))
+                raw.extend((_header(k), _header(v)) for k, v in ctx.response_headers.items())
+                message = {**message, "headers": raw}
+            await send(message)
+
+        failure: str | None = None
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            logger.exception("unhandled error", extra={"request_id": ctx.request_id, "route": ctx.route})
+            if status == 0:
+                await _send_json(
+                    send_with_headers,
+                    500,
+                    {"detail": "Internal server error", "code": "internal_error", "request_id": ctx.request_id},
+                )
+        finally:
+            duration = time.perf_counter() - started_at
+            if status == 0:
+                status = 499  # the handler never answered (cancelled: client gone or shutdown timeout)
+            if metrics is not None:
+                metrics.inflight.dec()
+                metrics.observe_request(ctx.route, status, ctx.model_version, ctx.variant, duration)
+            if self.access_log:
+                fields: dict[str, Any] = {
+                    "request_id": ctx.request_id,
+                    "method": ctx.method,
+                    "route": ctx.route,
+                    "path": path[:256],
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "client": ctx.client_ip,
+                }
+                if ctx.model_version:
+                    fields["model_version"] = ctx.model_version
+                    fields["variant"] = ctx.variant
+                if ctx.principal:
+                    fields["principal"] = ctx.principal
+                if failure:
+                    fields["error"] = failure
+                fields.update(ctx.log_fields)
+                access_logger.info("request", extra=fields)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

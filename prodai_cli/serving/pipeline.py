@@ -1,0 +1,333 @@
+"""The prediction request path, as explicit steps with named seams for the parts that plug in.
+
+``PredictPipeline.handle`` runs, in order::
+
+    read body (413, counted as it streams)       read_body
+    guards: [auth] -> [rate limit]               PredictPipeline.guards            (401/403/429)
+    validate (415, 422)                          PredictPipeline.parse
+    input hooks: [normalisation]                 PredictPipeline.input_hooks
+    route: pick the version + variant            PredictPipeline.router            (503 while loading)
+    [cache] around everything below              PredictPipeline.cache
+      [breaker/fallback/retry/cascade] around    PredictPipeline.resilience
+        the micro-batcher                        PredictPipeline.run_model          (503 full, 504, model errors)
+      output filters: [redaction]                PredictPipeline.output_filters    (before the cache stores)
+    render                                       PredictPipeline.render
+    after hooks (every request, refusals too)    PredictPipeline.after             (metrics bookkeeping)
+
+Request id, structured logging, the in-flight gauge, response headers and request metrics wrap the whole
+path in :mod:`prodai_cli.serving.middleware`. Every seam is a plain attribute holding a callable (or a list
+of them): the server is assembled in :func:`prodai_cli.serving.app.create_app`, and later parts (A/B, cache,
+rate limits, auth, filters) are wired there without touching this file. A step refuses a request by raising
+a :class:`~prodai_cli.serving.errors.ServingError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from prodai_cli.serving.errors import (
+    BodyTooLarge,
+    InferenceFailed,
+    InvalidRequest,
+    ModelError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from starlette.datastructures import Headers
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from prodai_cli.serving.pool import ModelPool, ServedModel
+    from prodai_cli.serving.routing import Assignment
+    from prodai_cli.serving.schemas import RequestModels
+
+logger = logging.getLogger("prodai.serving.request")
+
+Kind = Literal["single", "batch"]
+DEFAULT_VARIANT = "default"
+
+
+@dataclass
+class RequestContext:
+    """What the steps of one request know and tell each other.
+
+    Attributes:
+        request_id: From a well-formed ``X-Request-ID`` header, else generated; echoed in the response.
+        method: HTTP method.
+        path: Request path (no query string).
+        route: The metric label: the route's path for known routes, ``other`` for the rest.
+        client_ip: The TCP peer (a rate-limit step may refine it from trusted proxy headers).
+        headers: The request headers (read-only).
+        principal: Who the auth step authenticated (API key *name*, never the key).
+        model_version: The version that answered (set by routing, corrected by fallback/cache).
+        variant: The A/B variant that answered (``default`` without A/B).
+        response_headers: Headers any step wants on the response, refusals included (``RateLimit-*``,
+            ``X-Cache``, ``X-Fallback``...).
+        log_fields: Extra fields for this request's access-log line (never bodies or secrets).
+
+    """
+
+    request_id: str
+    method: str
+    path: str
+    route: str
+    client_ip: str | None
+    headers: Headers
+    principal: str | None = None
+    model_version: str = ""
+    variant: str = ""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the router sends a request: a loaded version and the variant name it serves as.
+
+    Attributes:
+        model: The loaded version.
+        variant: The variant name it serves as (the ``variant`` label).
+        assignment: Set by the A/B router: the router snapshot and the variant the request was assigned
+            (the resilience step reads it to find fallbacks and cascade targets); None without A/B.
+
+    """
+
+    model: ServedModel
+    variant: str = DEFAULT_VARIANT
+    assignment: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Outputs for a request's texts (input order) and who computed them.
+
+    An output may carry its own ``model_version`` and ``variant`` (a cascade escalated that text to another
+    version); the rest are stamped with the request's.
+
+    Attributes:
+        outputs: One dict per text.
+        model_version: The version that answered the request.
+        variant: The variant that answered the request.
+        fallback: Set when a fallback answered instead of the assigned variant (the ``X-Fallback`` value).
+
+    """
+
+    outputs: list[dict[str, Any]]
+    model_version: str
+    variant: str
+    fallback: str | None = None
+
+    def with_outputs(self, outputs: list[dict[str, Any]]) -> Inference:
+        """A copy with other outputs (output filters)."""
+        return replace(self, outputs=outputs)
+
+
+class Router(Protocol):
+    """Picks the version (and variant) that serves a request. Raise ServiceUnavailable when none can."""
+
+    def route(self, ctx: RequestContext) -> Route:
+        """The route for this request."""
+        ...
+
+
+Guard = Callable[[RequestContext], Awaitable[None]]
+"""Runs before the body is parsed (auth, rate limit); raises a ServingError to refuse."""
+InputHook = Callable[[RequestContext, list[str]], list[str]]
+"""Rewrites validated input texts (normalisation); may raise InvalidRequest."""
+Infer = Callable[[RequestContext, Route, list[str]], Awaitable[Inference]]
+"""Computes an Inference for texts on a route."""
+InferWrapper = Callable[[RequestContext, Route, list[str], Infer], Awaitable[Inference]]
+"""Wraps an Infer: a cache (calls the inner one on a miss) or breaker/fallback (calls it on another route)."""
+OutputFilter = Callable[[RequestContext, Inference], Inference]
+"""Rewrites outputs before they are cached and returned (redaction)."""
+AfterHook = Callable[[RequestContext], None]
+"""Runs when a request leaves the pipeline, answered or refused (metrics bookkeeping); must not raise."""
+
+
+class SingleModelRouter:
+    """The router without A/B: every request goes to one configured model, variant ``default``."""
+
+    def __init__(self, pool: ModelPool, key: str, variant: str = DEFAULT_VARIANT) -> None:
+        self.pool = pool
+        self.key = key
+        self.variant = variant
+
+    def route(self, ctx: RequestContext) -> Route:
+        """The configured model, or 503 while it is loading (or failed to load)."""
+        model = self.pool.get(self.key)
+        if model is None or not model.ready:
+            reason = "failed to load" if model is not None and model.status == "failed" else "is loading"
+            raise ServiceUnavailable(f"The model {reason}; retry shortly", retry_after_s=2, code="not_ready")
+        return Route(model=model, variant=self.variant)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before reading anything; bodies without one
+    (chunked) or lying about it are counted as they stream in, so nothing over the limit is ever buffered.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_content_type(headers: Headers) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``*/*+json``), in UTF-8."""
+    raw = headers.get("content-type")
+    if not raw:
+        raise UnsupportedMediaType("Missing Content-Type; send application/json")
+    media_type, _, params = raw.partition(";")
+    media_type = media_type.strip().lower()
+    structured_json = media_type.startswith("application/") and media_type.endswith("+json")
+    if media_type != "application/json" and not structured_json:
+        raise UnsupportedMediaType(f"Content-Type {media_type[:100]!r} is not supported; send application/json")
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("Only UTF-8 JSON bodies are supported")
+
+
+def parse_body(body: bytes, model: type[BaseModel]) -> BaseModel:
+    """Decode and validate a JSON body; every failure is a 422 with the reason (never a 500)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"Body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"Body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise InvalidRequest("Body is not valid JSON: nested too deeply") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ".".join(str(p) for p in err["loc"]) or "body", "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+        raise InvalidRequest(f"Invalid request: {summary}", errors=errors) from None
+
+
+class PredictPipeline:
+    """The ``/predict`` and ``/predict/batch`` request path; see the module docstring for the steps.
+
+    Args:
+        models: The request models (limits from the config).
+        router: Picks the version per request.
+        max_body_bytes: 413 above this.
+        request_timeout_s: 504 past this (queue wait + inference).
+        log_bodies: Log request texts (off by default: they may hold personal data).
+
+    """
+
+    def __init__(
+        self,
+        models: RequestModels,
+        router: Router,
+        *,
+        max_body_bytes: int,
+        request_timeout_s: float,
+        log_bodies: bool = False,
+    ) -> None:
+        self.models = models
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s
+        self.log_bodies = log_bodies
+        # Seams (see the module docstring); empty means the step is off.
+        self.guards: list[Guard] = []
+        self.input_hooks: list[InputHook] = []
+        self.cache: InferWrapper | None = None
+        self.resilience: InferWrapper | None = None
+        self.output_filters: list[OutputFilter] = []
+        self.after: list[AfterHook] = []
+
+    async def handle(self, request: Request, ctx: RequestContext, kind: Kind) -> Response:
+        """Run the whole path for one request and return its response (refusals raise ServingError)."""
+        try:
+            body = await read_body(request, self.max_body_bytes)
+            for guard in self.guards:
+                await guard(ctx)
+            texts = self.parse(ctx, body, kind)
+            for hook in self.input_hooks:
+                texts = hook(ctx, texts)
+            route = self.router.route(ctx)
+            ctx.model_version, ctx.variant = route.model.version, route.variant
+            try:
+                inference = await self.infer(ctx, route, texts)
+            except ModelError as exc:
+                raise InferenceFailed(f"The model failed on this request ({exc.error_type})") from None
+            ctx.model_version, ctx.variant = inference.model_version, inference.variant
+            if inference.fallback:
+                ctx.response_headers["X-Fallback"] = inference.fallback
+            return self.render(inference, kind)
+        finally:
+            for after in self.after:
+                after(ctx)
+
+    def parse(self, ctx: RequestContext, body: bytes, kind: Kind) -> list[str]:
+        """415/422 checks and validation; returns the input texts."""
+        check_content_type(ctx.headers)
+        if kind == "single":
+            texts = [parse_body(body, self.models.predict).text]  # type: ignore[attr-defined]
+        else:
+            texts = list(parse_body(body, self.models.batch).texts)  # type: ignore[attr-defined]
+        ctx.log_fields["texts"] = len(texts)
+        if self.log_bodies:
+            ctx.log_fields["body"] = texts
+        return texts
+
+    async def infer(self, ctx: RequestContext, route: Route, texts: list[str]) -> Inference:
+        """Cache (optional) around resilience (optional) around the batcher, then the output filters."""
+
+        async def filtered(ctx: RequestContext, route: Route, texts: list[str]) -> Inference:
+            if self.resilience is not None:
+                inference = await self.resilience(ctx, route, texts, self.run_model)
+            else:
+                inference = await self.run_model(ctx, route, texts)
+            for output_filter in self.output_filters:
+                inference = output_filter(ctx, inference)
+            return inference
+
+        if self.cache is not None:
+            return await self.cache(ctx, route, texts, filtered)
+        return await filtered(ctx, route, texts)
+
+    async def run_model(self, ctx: RequestContext, route: Route, texts: list[str]) -> Inference:
+        """Queue the texts on the route's micro-batcher and wait (QueueFull 503, timeout 504, ModelError)."""
+        batcher = route.model.batcher
+        if batcher is None or not route.model.ready:
+            raise ServiceUnavailable("The model is not loaded", retry_after_s=2, code="not_ready")
+        outputs = await batcher.submit(texts, timeout=self.request_timeout_s)
+        return Inference(outputs=outputs, model_version=route.model.version, variant=route.variant)
+
+    @staticmethod
+    def render(inference: Inference, kind: Kind) -> Response:
+        """The JSON response: one prediction, or ``{"predictions": [...]}``."""
+        from starlette.responses import Response
+
+        stamp = {"model_version": inference.model_version, "variant": inference.variant}
+        # An output's own stamp (a cascade escalated it) wins over the request's.
+        predictions = [{**output, **stamp} if "model_version" not in output else output for output in inference.outputs]
+        payload: dict[str, Any] = predictions[0] if kind == "single" else {"predictions": predictions}
+        # X-Model-Version is added by the middleware from ctx.model_version (refusals after routing carry it too).
+        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")

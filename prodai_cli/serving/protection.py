@@ -1,0 +1,306 @@
+"""Server protection wired into the request path: API keys, rate limits, response cache, input/output hygiene.
+
+:class:`Protection` builds the parts of :mod:`~prodai_cli.serving.auth`, :mod:`~prodai_cli.serving.ratelimit`,
+:mod:`~prodai_cli.serving.cache` and :mod:`~prodai_cli.serving.filters` from the config and plugs them into the
+pipeline's seams (see :mod:`prodai_cli.serving.pipeline`):
+
+- guard (before the body is parsed): the client IP (the TCP peer, or ``X-Forwarded-For`` behind
+  ``rate_limit.trusted_proxies``); with ``auth.enabled``: 429 while the IP is over the failed-authentication
+  limit (checked *before* the key, so guessing stops), then the key (401/403 with ``WWW-Authenticate``; the
+  failure is counted against the IP); then the per-key and per-IP limits, all-or-nothing (429 with
+  ``Retry-After``). ``RateLimit-*`` headers go on every answer the limiter decided.
+- input hook: Unicode NFC and control characters removed (``filters.normalize_input``); the length limit
+  holds after that too.
+- cache (around the model): one entry per text, keyed by model name, *resolved* version, the normalised text
+  and whatever else changes the answer (the cascade, the redaction rules). A batch request shares entries
+  with single requests and with other batches; identical concurrent misses run the model once (per
+  process); answers a fallback version gave are not stored. ``X-Cache`` is ``HIT`` (every text from the
+  cache), ``MISS`` (something computed) or ``BYPASS`` (cache off or unreachable).
+- output filter: redaction of the strings in every answer, before it is cached.
+
+Series (on the server's registry): ``prodai_auth_failures_total{reason}``,
+``prodai_ratelimit_denied_total{rule}``, ``prodai_ratelimit_fallbacks_total`` (decisions taken in memory
+because Redis failed: fail-open), ``prodai_ratelimit_redis_errors_total``, ``prodai_cache_hits_total``,
+``prodai_cache_misses_total``, ``prodai_cache_coalesced_total`` (answered by an identical request in flight),
+``prodai_cache_bypasses_total``, ``prodai_cache_errors_total``, ``prodai_cache_stores_total``,
+``prodai_redactions_total{pattern}``, ``prodai_auth_key_reloads_total{result}``. Counts kept by the
+components are copied into these after every request and before every scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prodai_cli.serving.auth import KeyStore, startup_warnings
+from prodai_cli.serving.cache import CacheResult, ResponseCache, cache_key
+from prodai_cli.serving.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized
+from prodai_cli.serving.filters import OutputFilter, normalize_text
+from prodai_cli.serving.pipeline import Inference
+from prodai_cli.serving.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from prodai_cli.config import Scope, Settings
+    from prodai_cli.serving.metrics import ServerMetrics
+    from prodai_cli.serving.pipeline import Infer, RequestContext, Route
+
+logger = logging.getLogger("prodai.serving")
+
+CacheValue = dict[str, Any]
+
+
+def _storable(value: CacheValue) -> bool:
+    # A fallback version's answer is not what the assigned version would say: never cache it under its key.
+    return value.get("fallback") is None
+
+
+class ProtectionMetrics:
+    """The protection series, and the copying of the components' own counters into them."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        from prometheus_client import Counter
+
+        registry = metrics.registry
+        self.auth_failures = Counter(
+            "prodai_auth_failures", "Refused API keys, by reason", ["reason"], registry=registry
+        )
+        self.denied = Counter(
+            "prodai_ratelimit_denied", "Requests refused with 429, by the rule that refused", ["rule"],
+            registry=registry,
+        )
+        self.bridged: dict[str, Counter] = {
+            name: Counter(name, help_text, registry=registry)
+            for name, help_text in (
+                ("prodai_ratelimit_fallbacks", "Rate-limit decisions taken in memory because Redis failed (fail-open)"),
+                ("prodai_ratelimit_redis_errors", "Failed or timed-out Redis calls of the rate limiter"),
+                ("prodai_cache_hits", "Texts answered from the cache"),
+                ("prodai_cache_misses", "Texts computed and offered to the cache"),
+                ("prodai_cache_coalesced", "Texts answered by an identical request computing at the same time"),
+                ("prodai_cache_bypasses", "Texts computed without the cache (off, or its backend unavailable)"),
+                ("prodai_cache_errors", "Cache backend failures (Redis errors and timeouts, bad entries)"),
+                ("prodai_cache_stores", "Answers written to the cache"),
+            )
+        }
+        self.redactions = Counter(
+            "prodai_redactions", "Sensitive matches redacted from answers, by pattern", ["pattern"], registry=registry
+        )
+        self.key_reloads = Counter(
+            "prodai_auth_key_reloads", "API key reloads after a file changed, by result", ["result"], registry=registry
+        )
+        self._seen: dict[str, float] = {}
+
+    def _push(self, name: str, value: float, counter: Any) -> None:
+        delta = value - self._seen.get(name, 0.0)
+        if delta > 0:
+            counter.inc(delta)
+            self._seen[name] = value
+
+    def sync(self, protection: Protection) -> None:
+        """Copy the components' counters (plain ints) into the Prometheus series."""
+        limiter, cache = protection.limiter.stats(), protection.cache.stats()
+        values = {
+            "prodai_ratelimit_fallbacks": limiter["fallbacks"],
+            "prodai_ratelimit_redis_errors": limiter["errors"],
+            "prodai_cache_hits": cache["hits"],
+            "prodai_cache_misses": cache["misses"],
+            "prodai_cache_coalesced": cache["coalesced"],
+            "prodai_cache_bypasses": cache["bypasses"],
+            "prodai_cache_errors": cache["errors"],
+            "prodai_cache_stores": cache["stores"],
+        }
+        for name, value in values.items():
+            self._push(name, value, self.bridged[name])
+        for pattern, count in protection.output_filter.redactions.items():
+            self._push(f"redactions:{pattern}", count, self.redactions.labels(pattern))
+        if protection.keys is not None:
+            self._push("key_reloads:ok", protection.keys.reloads, self.key_reloads.labels("success"))
+            self._push("key_reloads:error", protection.keys.reload_errors, self.key_reloads.labels("failure"))
+
+
+class Protection:
+    """Auth, rate limits, cache and filters of one server process, built from the config.
+
+    Args:
+        settings: Loaded settings (``auth``, ``rate_limit``, ``cache``, ``filters``, ``redis_url``).
+        metrics: The server's metrics (the protection series are added to its registry).
+
+    Raises:
+        ConfigError: Unreadable keys, or a Redis backend without ``redis_url``.
+
+    """
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+        config = settings.config
+        self.auth_header = config.auth.header
+        self.keys: KeyStore | None = KeyStore.from_settings(settings) if config.auth.enabled else None
+        self.limiter = RateLimiter.from_config(config)
+        self.cache = ResponseCache.from_config(config)
+        self.output_filter = OutputFilter(config.filters)
+        self.normalize_input = config.filters.normalize_input
+        self.max_text_chars = config.serving.max_text_chars
+        # The cached answer is the *filtered* one: servers sharing a Redis with other rules must not mix.
+        rules = json.dumps(config.filters.model_dump(mode="json"), sort_keys=True)
+        self._filters_id = hashlib.sha256(rules.encode()).hexdigest()[:12] if self.output_filter.active else ""
+        self.metrics = ProtectionMetrics(metrics)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def describe(self) -> dict[str, Any]:
+        """What is on, for the start-up log (never key material)."""
+        return {
+            "auth": "on" if self.keys is not None else "OFF",
+            "active_keys": self.keys.active_count() if self.keys is not None else 0,
+            "rate_limit": self.limiter.config.backend if self.limiter.enabled else "off",
+            "cache": self.cache.config.backend if self.cache.enabled else "off",
+            "redaction": self.output_filter.active,
+        }
+
+    def log_startup(self, host: str, port: int | None) -> None:
+        """Log what is on, and loudly what is not (auth off, or on without a usable key)."""
+        logger.info("protection", extra=self.describe())
+        for warning in startup_warnings(self.keys is not None, self.keys, host, port):
+            logger.warning(warning)
+
+    def sync_metrics(self, _ctx: RequestContext | None = None) -> None:
+        """Copy the components' counters into Prometheus (an ``after`` hook, and before each scrape)."""
+        self.metrics.sync(self)
+
+    async def aclose(self) -> None:
+        """Release Redis connections (at shutdown)."""
+        await self.cache.aclose()
+        await self.limiter.aclose()
+
+    # ------------------------------------------------------------------------------------ guard
+    async def authorize(self, ctx: RequestContext, scope: Scope = "predict") -> None:
+        """The guard: client IP, failed-auth lockout, API key and scope, then the rate limits.
+
+        Raises:
+            TooManyRequests: Over the failed-authentication limit, or over a rate limit (``Retry-After``).
+            Unauthorized: Missing, malformed, unknown, revoked or expired key.
+            Forbidden: A valid key without ``scope``.
+
+        """
+        limiter = self.limiter
+        ip = limiter.client_ip(ctx.client_ip, ctx.headers.get("x-forwarded-for"))
+        ctx.client_ip = ip
+        if self.keys is not None:
+            blocked = await limiter.auth_blocked(ip)
+            if not blocked.allowed:
+                self.metrics.denied.labels(blocked.rule).inc()
+                raise TooManyRequests(
+                    "Too many failed authentication attempts from this address; retry later",
+                    headers=blocked.headers(),
+                    code="auth_rate_limited",
+                )
+            result = self.keys.verify(ctx.headers.get(self.auth_header), scope)
+            if not result.ok:
+                await limiter.record_auth_failure(ip)
+                reason = result.failure.value if result.failure is not None else "unknown"
+                self.metrics.auth_failures.labels(reason).inc()
+                ctx.log_fields["auth_failure"] = reason
+                if result.key_name is not None:
+                    ctx.principal = result.key_name  # a key *name* (revoked, expired, wrong scope), never the key
+                refusal = Forbidden if result.status == 403 else Unauthorized
+                raise refusal(result.detail, headers=result.headers(), code=reason)
+            ctx.principal = result.key_name
+        decision = await limiter.check_request(client_ip=ip, key_name=ctx.principal)
+        headers = decision.headers()
+        if not decision.allowed:
+            self.metrics.denied.labels(decision.rule).inc()
+            raise TooManyRequests(
+                f"Rate limit exceeded ({decision.rule}); retry after {headers.get('Retry-After', '1')} s",
+                headers=headers,
+            )
+        ctx.response_headers.update(headers)
+
+    async def guard(self, ctx: RequestContext) -> None:
+        """:meth:`authorize` for the prediction routes (scope ``predict``)."""
+        await self.authorize(ctx, "predict")
+
+    # ------------------------------------------------------------------------------------ input and output
+    def normalize(self, ctx: RequestContext, texts: list[str]) -> list[str]:
+        """The input hook: :func:`normalize_text` on every text; the length limit holds afterwards too."""
+        if not self.normalize_input:
+            return texts
+        normalized = [normalize_text(text) for text in texts]
+        for index, text in enumerate(normalized):
+            if len(text) > self.max_text_chars:
+                raise InvalidRequest(
+                    f"Text {index} is longer than {self.max_text_chars} characters after Unicode normalisation"
+                )
+        return normalized
+
+    def redact(self, ctx: RequestContext, inference: Inference) -> Inference:
+        """The output filter: redact sensitive patterns from the strings of every output."""
+        outputs: list[dict[str, Any]] = self.output_filter.redact(inference.outputs)
+        return inference.with_outputs(outputs)
+
+    # ------------------------------------------------------------------------------------ cache
+    def _params(self, route: Route) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        assignment = route.assignment
+        cascade = assignment.router.cascade if assignment is not None else None
+        if assignment is not None and cascade is not None and cascade.small == route.variant:
+            # The cascade's answer depends on the large version and the threshold as well.
+            large = assignment.router.variant(cascade.large).version
+            params["cascade"] = {"large": large, "threshold": cascade.threshold}
+        if self._filters_id:
+            params["filters"] = self._filters_id
+        return params
+
+    async def cached(self, ctx: RequestContext, route: Route, texts: list[str], infer: Infer) -> Inference:
+        """The cache wrapper: one entry per text (see the module docstring); sets ``X-Cache``."""
+        if not self.cache.enabled:
+            ctx.response_headers["X-Cache"] = "BYPASS"
+            return await infer(ctx, route, texts)
+        model = route.model
+        # A directory has no version number: its path names what was loaded.
+        version = model.version if model.version != "local" else model.key
+        params = self._params(route)
+
+        async def lookup(text: str) -> CacheResult[CacheValue]:
+            async def compute() -> CacheValue:
+                inference = await infer(ctx, route, [text])
+                return {
+                    "outputs": inference.outputs,
+                    "model_version": inference.model_version,
+                    "variant": inference.variant,
+                    "fallback": inference.fallback,
+                }
+
+            key = cache_key(model.name, version, {"text": text}, params)
+            return await self.cache.get_or_compute(key, compute, should_store=_storable)
+
+        if len(texts) == 1:
+            results = [await lookup(texts[0])]
+        else:
+            results = list(await asyncio.gather(*(lookup(text) for text in texts)))
+        statuses = {result.status for result in results}
+        ctx.response_headers["X-Cache"] = (
+            "BYPASS" if "BYPASS" in statuses else "MISS" if "MISS" in statuses else "HIT"
+        )
+        return self._combine(route, [result.value for result in results])
+
+    @staticmethod
+    def _combine(route: Route, values: list[CacheValue]) -> Inference:
+        """One Inference from per-text answers; a text answered by another version keeps its own stamp."""
+        stamps: list[tuple[str, str]] = []
+        for value in values:
+            version = str(value["model_version"])
+            # The same version under another variant name (two variants on one version, a renamed variant):
+            # the request's own variant is the truth.
+            variant = route.variant if version == route.model.version else str(value["variant"])
+            stamps.append((version, variant))
+        fallback = next((v["fallback"] for v in values if v.get("fallback")), None)
+        request_stamp = stamps[0] if len(set(stamps)) == 1 else (route.model.version, route.variant)
+        outputs: list[dict[str, Any]] = []
+        for value, stamp in zip(values, stamps, strict=True):
+            output: dict[str, Any] = dict(value["outputs"][0])
+            if stamp != request_stamp or "model_version" in output:
+                output["model_version"], output["variant"] = stamp
+            outputs.append(output)
+        return Inference(outputs, request_stamp[0], request_stamp[1], fallback)

@@ -1,0 +1,123 @@
+"""Request and response shapes of the model server (the seed tutorial's shapes, so its clients keep working).
+
+Request models are built per app because their limits (``max_text_chars``, ``max_batch_items``) come from
+the config; the OpenAPI document shows the same limits the server enforces. Unknown fields are errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _well_formed_unicode(text: str) -> str:
+    # JSON may carry "\ud800"; a lone surrogate cannot be encoded as UTF-8, so the tokenizer would raise.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds an unpaired UTF-16 surrogate (not valid Unicode)") from None
+    return text
+
+
+class RequestModels:
+    """The request models of one app (limits from its ``serving`` section)."""
+
+    def __init__(self, max_text_chars: int, max_batch_items: int) -> None:
+        text_type = Annotated[
+            str,
+            StringConstraints(max_length=max_text_chars),
+            AfterValidator(_well_formed_unicode),
+        ]
+
+        class PredictRequest(BaseModel):
+            """One text to classify or embed."""
+
+            model_config = ConfigDict(extra="forbid", title="PredictRequest")
+            text: text_type = Field(description=f"The input, at most {max_text_chars} characters")
+
+        class BatchPredictRequest(BaseModel):
+            """Several texts, answered in order."""
+
+            model_config = ConfigDict(extra="forbid", title="BatchPredictRequest")
+            texts: list[text_type] = Field(
+                min_length=1,
+                max_length=max_batch_items,
+                description=f"1 to {max_batch_items} inputs of at most {max_text_chars} characters each",
+            )
+
+        self.predict: type[BaseModel] = PredictRequest
+        self.batch: type[BaseModel] = BatchPredictRequest
+
+    @staticmethod
+    def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+        """``openapi_extra`` documenting ``model`` as the JSON request body (the route parses it itself)."""
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": model.model_json_schema()}},
+            }
+        }
+
+
+class ClassificationPrediction(BaseModel):
+    """A text-classification answer."""
+
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    model_version: str
+    variant: str
+
+
+class EmbeddingPrediction(BaseModel):
+    """An embedding answer (L2-normalised vector)."""
+
+    embedding: list[float]
+    model_version: str
+    variant: str
+
+
+Prediction = ClassificationPrediction | EmbeddingPrediction
+
+
+class BatchPredictResponse(BaseModel):
+    """Answers to ``/predict/batch``, in input order."""
+
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a reason, a machine-readable code, the request id and (422) per-field errors."""
+
+    detail: str
+    code: str
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class HealthResponse(BaseModel):
+    """``/health``: overall status and every configured model version."""
+
+    status: str
+    model_loaded: bool
+    pid: int = Field(description="The worker process that answered")
+    models: dict[str, dict[str, Any]]
+    ab: dict[str, Any] | None = Field(None, description="The live A/B split and its breakers (A/B servers only)")
+    config: dict[str, Any] | None = Field(None, description="The watched config file and its last reload")
+
+
+class ProbeResponse(BaseModel):
+    """``/health/live`` and ``/health/ready``."""
+
+    status: str
+    reason: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body larger than serving.max_body_bytes"},
+    415: {"model": ErrorResponse, "description": "Body is not application/json"},
+    422: {"model": ErrorResponse, "description": "Malformed JSON, unknown field, text too long, too many texts"},
+    500: {"model": ErrorResponse, "description": "The model failed on a valid input (counted as a model error)"},
+    503: {"model": ErrorResponse, "description": "Not ready, queue full or shutting down (see Retry-After)"},
+    504: {"model": ErrorResponse, "description": "No answer within serving.request_timeout_s"},
+}

@@ -1,0 +1,297 @@
+"""Deploy's files without a Docker engine: templates render strictly, and what they render validates with the
+real tools (Kubernetes JSON schemas offline, docker-compose, promtool); plan, wheel and records behave."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+from helpers import run_cli
+
+from prodai_cli.config import load_settings
+from prodai_cli.deploy import records, targets
+from prodai_cli.deploy.context import dockerfile_text
+from prodai_cli.deploy.plan import plan_deployment
+from prodai_cli.deploy.templates import render, template_names
+from prodai_cli.deploy.wheelhouse import build_prodai_wheel, missing_requirements, torch_requirement
+from prodai_cli.errors import DeployError, UsageError
+
+K8S_VERSION = "1.30.0"
+AB_CONFIG = """\
+auth:
+  keys:
+    - {name: ci, hash: "%s", scopes: [predict]}
+ab:
+  enabled: true
+  model: clf
+  variants:
+    main: {version: production, weight: 0.75}
+    canary: {version: 2, weight: 0.25}
+deploy:
+  replicas: 2
+  grafana: true
+""" % ("a" * 64)
+
+
+@pytest.fixture
+def ab_plan(registered_copy: Path) -> Any:
+    (registered_copy / "prodai.yaml").write_text(AB_CONFIG, encoding="utf-8")
+    return plan_deployment(load_settings(registered_copy / "prodai.yaml"))
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: scripts/setup-system installs it")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ templates
+
+
+def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(ab_plan: Any, tmp_path: Path) -> None:
+    rendered: dict[str, str] = {"Dockerfile.j2": dockerfile_text(ab_plan, "prodai-0-py3-none-any.whl")}
+    for relative, text in targets.compose_files(ab_plan, image="img:1", port=8080, project_dir=str(tmp_path)).items():
+        rendered[relative] = text
+    for relative, text in targets.k8s_manifests(ab_plan, image="img:1").items():
+        rendered[f"k8s/{relative}"] = text
+    # Every packaged template was exercised by the renders above.
+    produced = {"Dockerfile.j2", "docker-compose.yml.j2", "prometheus.yml.j2", "alerts.yml.j2",
+                "grafana/datasource.yml.j2", "grafana/dashboards.yml.j2", "grafana/prodai-dashboard.json.j2",
+                *(f"k8s/{name}.j2" for name in targets.k8s_manifests(ab_plan, image="img:1"))}
+    assert set(template_names()) == produced
+    for name, text in rendered.items():
+        assert "{%" not in text, name
+        if not name.startswith(("alerts", "grafana")):  # those carry Prometheus/Grafana's own {{ }} on purpose
+            assert "{{" not in text, name
+    with pytest.raises(jinja2.UndefinedError):
+        render("k8s/service.yaml.j2", name="x", namespace="default")  # labels missing
+
+
+def test_dockerfile_variants(ab_plan: Any) -> None:
+    cpu = dockerfile_text(ab_plan, "prodai.whl")
+    assert cpu.count("FROM python:3.11-slim") == 2  # multi-stage on the default base
+    assert "--no-index" in cpu and "USER 10001:10001" in cpu and "HEALTHCHECK" in cpu
+    assert "/health/ready" in cpu and "NVIDIA_VISIBLE_DEVICES" not in cpu
+    assert 'prodai.model-versions="1,2"' in cpu
+    ab_plan.variant = "cuda"
+    cuda = dockerfile_text(ab_plan, "prodai.whl")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in cuda and "PRODAI_SERVING__DEVICE=cuda" in cuda
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> None:
+    import kubernetes_validate
+
+    manifests = targets.k8s_manifests(ab_plan, image="registry.example/prodai-clf:1-2")
+    kinds = []
+    for text in manifests.values():
+        document = yaml.safe_load(text)
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        kinds.append(document["kind"])
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Secret", "Service"]
+    deployment = yaml.safe_load(manifests["deployment.yaml"])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert deployment["spec"]["replicas"] == 2
+    # The ConfigMap's prodai.yaml is valid, names versions only, and keeps key hashes out (they are in the Secret).
+    config_text = yaml.safe_load(manifests["configmap.yaml"])["data"]["prodai.yaml"]
+    config = yaml.safe_load(config_text)
+    assert config["auth"] == {**config["auth"], "keys": [], "keys_file": "/etc/prodai/keys/keys.yaml"}
+    assert {v["version"] for v in config["ab"]["variants"].values()} == {1, 2}
+    secret = yaml.safe_load(yaml.safe_load(manifests["secret.yaml"])["stringData"]["keys.yaml"])
+    assert secret["keys"][0]["hash"] == "a" * 64
+    ab_plan.variant = "cuda"
+    gpu = yaml.safe_load(targets.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
+    kubernetes_validate.validate(gpu, K8S_VERSION, strict=True)
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_k8s_schema_validation_rejects_a_broken_manifest(ab_plan: Any) -> None:
+    import kubernetes_validate
+
+    document = yaml.safe_load(targets.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
+    document["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path) -> None:
+    compose = _tool("docker-compose")
+    files = targets.compose_files(ab_plan, image="prodai-clf:1-2", port=8080, project_dir=str(tmp_path))
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text, encoding="utf-8")
+    result = subprocess.run([compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    normalised = yaml.safe_load(result.stdout)
+    assert set(normalised["services"]) == {"server", "redis", "prometheus", "grafana"}
+    server = normalised["services"]["server"]
+    assert server["deploy"]["replicas"] == 2
+    assert server["environment"]["PRODAI_REDIS_URL"] == "redis://redis:6379/0"
+    assert f"{tmp_path}:/app:ro" in server["volumes"]  # docker-compose 1.x prints the short syntax
+    json.loads(files["grafana/dashboards/prodai.json"])  # the dashboard is valid JSON
+    # A broken file is refused by the same check.
+    (tmp_path / "docker-compose.yml").write_text(files["docker-compose.yml"].replace("services:", "servicez:"))
+    broken = subprocess.run([compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
+                            capture_output=True, text=True, check=False)
+    assert broken.returncode != 0
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool(ab_plan: Any, tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    files = targets.compose_files(ab_plan, image="img:1", port=8080, project_dir=None)
+    (tmp_path / "prometheus.yml").write_text(files["prometheus.yml"])
+    (tmp_path / "alerts.yml").write_text(files["alerts.yml"])
+    config = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True, check=False)
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = subprocess.run([promtool, "check", "rules", str(tmp_path / "alerts.yml")],
+                           capture_output=True, text=True, check=False)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 5 rules found" in rules.stdout
+    names = {r["alert"] for g in yaml.safe_load(files["alerts.yml"])["groups"] for r in g["rules"]}
+    assert {"ProdaiHighErrorRate", "ProdaiHighLatencyP99", "ProdaiBreakerOpen", "ProdaiRateLimitSaturation"} <= names
+    (tmp_path / "alerts.yml").write_text(files["alerts.yml"].replace("> 0.01", "> > 0.01"))
+    bad = subprocess.run([promtool, "check", "rules", str(tmp_path / "alerts.yml")],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def test_plan_resolves_aliases_to_versions_for_a_registry_less_container(ab_plan: Any) -> None:
+    assert (ab_plan.model, ab_plan.version, ab_plan.versions) == ("clf", 1, [1, 2])
+    assert ab_plan.tag == "prodai-clf:1-2" and ab_plan.name == "prodai-clf"
+    assert any("alias 'production'" in w for w in ab_plan.warnings)
+    config = yaml.safe_load(ab_plan.config_text())
+    assert config["serving"]["host"] == "0.0.0.0" and config["serving"]["port"] == 8080
+    assert config["serving"]["model"] == "clf/1" and config["registry"]["tracking_uri"] is None
+    assert {k: v["version"] for k, v in config["ab"]["variants"].items()} == {"main": 1, "canary": 2}
+    for model in ab_plan.models:
+        assert (model.source / "version.json").is_file()
+        assert model.relative_dir == f"clf/{model.version}"
+
+
+def test_plan_with_model_option_serves_one_version_and_switches_ab_off(registered_copy: Path) -> None:
+    (registered_copy / "prodai.yaml").write_text(AB_CONFIG, encoding="utf-8")
+    plan = plan_deployment(load_settings(registered_copy / "prodai.yaml"), model_ref="clf@staging", gpu=True)
+    assert plan.versions == [2] and plan.tag == "prodai-clf:2-cuda"
+    assert plan.environment == {"PRODAI_SERVING__MODEL": "clf/2", "PRODAI_AB__ENABLED": "false"}
+    assert yaml.safe_load(plan.config_text())["serving"]["device"] == "cuda"
+
+
+def test_deploy_without_a_model_is_a_usage_error(cli: Any) -> None:
+    result = cli("deploy", "--target", "k8s", "--no-build")
+    assert result.exit_code == 2
+    assert "No model to deploy" in result.stderr
+
+
+def test_k8s_target_writes_manifests_without_an_engine(registered_copy: Path) -> None:
+    (registered_copy / "prodai.yaml").write_text("serving:\n  model: emb\n")
+    result = run_cli("deploy", "--target", "k8s", "--no-build", "--json", cwd=registered_copy,
+                     env={"KUBECONFIG": str(registered_copy / "no-kubeconfig")})
+    assert result.exit_code == 0, result.stderr
+    data = result.json()
+    assert isinstance(data, dict)
+    assert data["target"] == "k8s" and data["image"] == "prodai-emb:1" and data["started"] is False
+    written = sorted(Path(p).name for p in data["files"])
+    assert written == ["configmap.yaml", "deployment.yaml", "hpa.yaml", "secret.yaml", "service.yaml"]
+    record = records.load(load_settings(registered_copy / "prodai.yaml"), "prodai-emb")
+    assert record is not None and record.status == "written" and record.version == 1
+
+
+def test_bad_tag_and_unknown_deployment_are_clear_errors(registered_copy: Path) -> None:
+    (registered_copy / "prodai.yaml").write_text("serving:\n  model: emb\n")
+    settings = load_settings(registered_copy / "prodai.yaml")
+    with pytest.raises(UsageError, match="Invalid image tag"):
+        plan_deployment(settings, tag="Bad Tag")
+    result = run_cli("deploy", "stop", "nope", cwd=registered_copy)
+    assert result.exit_code == 1 and "No deployment named 'nope'" in result.stderr
+
+
+def test_config_mounts_refuse_to_run_as_root_to_read_a_private_config(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir(mode=0o700)
+    (project / "prodai.yaml").write_text("serving:\n  port: 9000\n")
+    (project / "prodai.yaml").chmod(0o600)
+    settings = load_settings(project / "prodai.yaml")
+    if (project / "prodai.yaml").stat().st_uid == 0:
+        with pytest.raises(DeployError, match="cannot read"):
+            targets.config_mounts(settings)
+    project.chmod(0o755)
+    (project / "prodai.yaml").chmod(0o644)
+    mounts, environment, user = targets.config_mounts(settings)
+    assert user is None and environment == {"PRODAI_CONFIG": "/app/prodai.yaml"}
+    assert [(m["type"], m["target"], m["read_only"]) for m in mounts] == [
+        ("bind", "/app", True), ("volume", "/app/.prodai", False)
+    ]
+    assert mounts[0]["source"] == str(project)
+
+
+# ------------------------------------------------------------------------------------------ wheels, records
+
+
+def test_prodai_wheel_is_reproducible_and_installs(tmp_path: Path) -> None:
+    first = build_prodai_wheel(tmp_path / "a")
+    second = build_prodai_wheel(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()  # same code, same bytes: Docker reuses the layer
+    with zipfile.ZipFile(first) as archive:
+        names = archive.namelist()
+    assert "prodai_cli/templates/Dockerfile.j2" in names and "prodai_cli/serving/app.py" in names
+    assert not any("__pycache__" in n for n in names)
+    target = tmp_path / "site"
+    result = subprocess.run(
+        ["python3", "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(first)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (target / "prodai_cli" / "templates" / "k8s" / "deployment.yaml.j2").is_file()
+    entry_points = next(target.glob("prodai-*.dist-info")) / "entry_points.txt"
+    assert "prodai = prodai_cli.cli:main" in entry_points.read_text()
+
+
+def test_missing_requirements_follow_the_images_python_markers(tmp_path: Path) -> None:
+    def wheel(name: str, requires: list[str]) -> None:
+        with zipfile.ZipFile(tmp_path / f"{name}-1.0-py3-none-any.whl", "w") as archive:
+            lines = "".join(f"Requires-Dist: {r}\n" for r in requires)
+            archive.writestr(f"{name}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\n{lines}")
+
+    wheel("redis", ['async-timeout>=4.0.3; python_full_version < "3.11.3"', 'pywin; sys_platform == "win32"',
+                    'extra-thing; extra == "ocsp"', "dep"])
+    wheel("dep", [])
+    assert missing_requirements(tmp_path, "3.11") == ["async-timeout>=4.0.3"]
+
+
+def test_cpu_variant_pins_the_cpu_torch_build() -> None:
+    line, _indexes = torch_requirement("cpu")
+    assert line.startswith("torch==") and line.endswith("+cpu")
+    cuda_line, cuda_indexes = torch_requirement("cuda")
+    assert "+" not in cuda_line and cuda_indexes == []
+
+
+def test_records_round_trip_and_ignore_unknown_keys(project: Path) -> None:
+    settings = load_settings()
+    record = records.DeploymentRecord(
+        name="d", url="http://127.0.0.1:1", model="m", version=3, target="docker", image="prodai-m:3",
+        container_id="abc", previous_image=None, created=records.now_iso(),
+    )
+    path = records.save(settings, record)
+    data = json.loads(path.read_text())
+    data["added_by_a_newer_prodai"] = True
+    path.write_text(json.dumps(data))
+    loaded = records.load(settings, "d")
+    assert loaded == record
+    assert [r.name for r in records.list_records(settings)] == ["d"]
+    assert not path.stat().st_mode & stat.S_IWOTH
