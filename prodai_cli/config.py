@@ -453,6 +453,9 @@ class BatchConfig(Section):
     )
     engine: Literal["local", "ray"] = Field("local", description="local (this process) or ray (Ray Data actors)")
     ray_actors: int = Field(1, ge=1, description="Model replicas (Ray actors) with --engine ray")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per model. Empty: one per core (fewer can win on a busy machine)"
+    )
 
     @field_validator("batch_size")
     @classmethod

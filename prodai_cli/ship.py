@@ -437,9 +437,7 @@ def ship(
     run = _Run(settings, report, on_step or (lambda _step: None))
     try:
         _gate(run, registry, slo_texts, on_loadtest_event)
-    except ShipFailed as exc:
-        report.reason = exc.message
-    except ProdaiError as exc:
+    except ProdaiError as exc:  # ShipFailed, and a registry, deploy or load-test error on the way
         report.reason = exc.message
     finally:
         _cleanup(run)

@@ -44,6 +44,7 @@ class BatchJob:
     max_error_rate: float = 0.01
     chunk_size: int = 1024
     ray_actors: int = 1
+    threads: int | None = None
 
     @property
     def output_path(self) -> Path:
@@ -252,25 +253,27 @@ def run_batch(
     if output.resolve() == job.input.resolve():
         raise UsageError("The output file must not be the input file")
     started = time.perf_counter()
-    print_ = fingerprint(job.input)
+    input_print = fingerprint(job.input)
     model_identity = _model_identity(job, settings)
-    writer = ResumableWriter(output, _identity(job, print_.sha256, model_identity, job.max_tokens), restart=job.restart)
+    identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
+    writer = ResumableWriter(output, identity, restart=job.restart)
     progress = writer.open()
     try:
         resumed_from = progress.lines_done
         items_before = progress.items
         runtime_info: dict[str, Any]
-        if progress.lines_done >= print_.lines:
+        lines_total = input_print.lines
+        if progress.lines_done >= lines_total:
             runtime_info = {"task": "", "device": device, "precision": job.precision, "max_batch_tokens": None}
         elif job.engine == "ray":
             from prodai_cli.batch.ray_engine import run_chunks_on_ray
 
             runtime_info = run_chunks_on_ray(
-                job, settings, writer, model_identity, device, batch_size, print_.lines, started, on_progress, status
+                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
             )
         else:
             runtime_info = _run_local(
-                job, settings, writer, model_identity, device, batch_size, print_.lines, started, on_progress, status
+                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
             )
         writer.finish()
     finally:
@@ -294,7 +297,7 @@ def run_batch(
         errors=progress.errors,
         truncated=progress.truncated,
         tokens=progress.tokens,
-        lines=print_.lines,
+        lines=input_print.lines,
         resumed_from_line=resumed_from,
         items_this_run=this_run,
         wall_s=round(wall, 3),
@@ -313,10 +316,25 @@ def run_batch(
     return summary
 
 
-def _load(job: BatchJob, settings: Settings | None, device: str) -> ModelRuntime:
+def pinned_model(job: BatchJob, model: dict[str, Any]) -> str:
+    """The exact version the manifest recorded (``NAME/VERSION``), so an alias moving mid-job changes nothing."""
+    return job.model if model["version"] == "local" else f"{model['name']}/{model['version']}"
+
+
+def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str, Any]) -> ModelRuntime:
     from prodai_cli.runtime import load_runtime
 
-    return load_runtime(job.model, settings, device=device, precision=job.precision, max_length=job.max_tokens)
+    return load_runtime(
+        pinned_model(job, model), settings, device=device, precision=job.precision, max_length=job.max_tokens
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads for this process (None keeps torch's default of one per core)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def calibration_sample(job: BatchJob, skip_lines: int, size: int = CALIBRATION_SAMPLE) -> list[str]:
@@ -342,7 +360,8 @@ def _run_local(
     status: Callable[[str], None],
 ) -> dict[str, Any]:
     status(f"Loading {job.model} on {device} ({job.precision})")
-    runtime = _load(job, settings, device)
+    set_threads(job.threads)
+    runtime = _load(job, settings, device, model)
     name, version = str(model["name"]), str(model["version"])
     skip = writer.progress.lines_done
     if batch_size == "auto":

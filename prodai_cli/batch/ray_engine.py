@@ -26,6 +26,7 @@ from prodai_cli.batch.engine import (
     calibration_sample,
     iter_chunks,
     output_line,
+    pinned_model,
 )
 from prodai_cli.errors import UsageError
 
@@ -48,8 +49,12 @@ class RayPredictor:
         max_length: int | None,
         batch_size: int | str,
         calibration: list[str],
+        threads: int | None = None,
     ) -> None:
+        from prodai_cli.batch.engine import set_threads
         from prodai_cli.runtime import load_runtime
+
+        set_threads(threads)
 
         self.runtime = load_runtime(source, device=device, precision=precision, max_length=max_length, task=task)
         self.batch_size = batch_size
@@ -76,12 +81,12 @@ class RayPredictor:
         }
 
 
-def _model_source(job: BatchJob, settings: Settings | None) -> tuple[str, str]:
+def _model_source(job: BatchJob, settings: Settings | None, model: dict[str, Any]) -> tuple[str, str]:
     """A local directory the actors can load (registry versions are downloaded first), and its task."""
     from prodai_cli.registry import detect_task
     from prodai_cli.runtime import locate_model
 
-    located = locate_model(job.model, settings)
+    located = locate_model(pinned_model(job, model), settings)
     directory = located.model_dir
     # Hand the actors the MLflow directory (model/ + components/tokenizer/) when there is one.
     if directory.name == "model" and located.tokenizer_dir != directory:
@@ -140,7 +145,7 @@ def run_chunks_on_ray(
 ) -> dict[str, Any]:
     """Predict every pending chunk in Ray actors and commit each through ``writer``."""
     ray = _start_ray(status)
-    source, task = _model_source(job, settings)
+    source, task = _model_source(job, settings, model)
     skip = writer.progress.lines_done
     staging = writer.output.with_name(f".{writer.output.name}.ray-input.jsonl")
     pending = 0
@@ -170,6 +175,7 @@ def run_chunks_on_ray(
                     "max_length": job.max_tokens,
                     "batch_size": batch_size,
                     "calibration": calibration_sample(job, skip),
+                    "threads": job.threads,
                 },
                 batch_size=ROWS_PER_CALL,
                 batch_format="numpy",

@@ -158,6 +158,7 @@ class CheckContext:
     api_key: str | None = field(default=None, repr=False)
     probe_key: str | None = field(default=None, repr=False)
     pending_alias: str | None = None
+    cleanup_error: str | None = None
     _client: httpx.Client | None = field(default=None, repr=False)
     _health: dict[str, Any] | None = field(default=None, repr=False)
     _created_key: str | None = field(default=None, repr=False)
@@ -277,11 +278,19 @@ class CheckContext:
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Revoke and remove the temporary probe key (if one was created) and close the HTTP client."""
+        """Revoke and remove the temporary probe key (if one was created) and close the HTTP client.
+
+        A key that cannot be removed is reported in ``cleanup_error`` (it expires within a day anyway).
+        """
+        from prodai_cli.errors import ProdaiError
+
         try:
             if self._created_key is not None:
-                forget_key(self.settings, self._created_key)
-                self._created_key = None
+                name, self._created_key = self._created_key, None
+                try:
+                    forget_key(self.settings, name)
+                except ProdaiError as exc:
+                    self.cleanup_error = f"the temporary key {name} was not removed: {exc.message}"
         finally:
             if self._client is not None:
                 self._client.close()

@@ -33,6 +33,7 @@ def command(
     precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (GPU only).")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="local, or ray (Ray Data actors).")] = None,
     ray_actors: Annotated[int | None, typer.Option("--ray-actors", min=1, help="Model replicas with ray.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default 1/core).")] = None,
     resume: Annotated[
         bool, typer.Option("--resume/--restart", help="Resume an interrupted job, or discard it and start over.")
     ] = True,
@@ -69,6 +70,7 @@ def command(
         max_error_rate=max_error_rate if max_error_rate is not None else defaults.max_error_rate,
         chunk_size=defaults.chunk_size,
         ray_actors=ray_actors or defaults.ray_actors,
+        threads=threads or defaults.threads,
     )
     try:
         summary = _run_with_progress(out, job, config)

@@ -61,6 +61,8 @@ def command(
         out.status(f"Checking {target.url}"),
     ):
         report = run_checks(check, items, on_result=lambda r: out.debug(f"{r.item}: {r.status} ({r.seconds:.1f}s)"))
+    if check.cleanup_error:
+        out.warning(f"{check.cleanup_error} (it expires within a day; prodai keys revoke ends it now)")
     render(out, report)
     if not report.passed:
         names = ", ".join(r.item for r in report.blocking)

@@ -81,7 +81,11 @@ def test_classification_job_keeps_order_and_ids(project: Path, tiny_classifier_d
 def test_embedding_job_without_id_field_uses_line_numbers(project: Path, tiny_embedder_dir: Path) -> None:
     texts = make_texts(25, seed=3)
     write_jsonl(project / "in.jsonl", [{"body": t} for t in texts])
-    summary = run_batch(job(project, tiny_embedder_dir, text_field="body", batch_size=4, chunk_size=10))
+    import torch
+
+    summary = run_batch(job(project, tiny_embedder_dir, text_field="body", batch_size=4, chunk_size=10, threads=2))
+    assert torch.get_num_threads() == 2  # --threads pins torch's CPU threads for the job
+    torch.set_num_threads(1)
     out = read_jsonl(project / "out.jsonl")
     assert [r["id"] for r in out] == list(range(1, 26))
     expected = load_runtime(tiny_embedder_dir, device="cpu").predict(texts)
@@ -196,6 +200,28 @@ def test_changed_input_model_or_settings_refuse_to_resume(
     summary = run_batch(job(project, tiny_classifier_dir, restart=True))
     assert summary.items == 11 and summary.resumed_from_line == 0
     assert [r["id"] for r in read_jsonl(project / "out.jsonl")] == [*range(10), 99]
+
+
+def test_alias_moved_to_another_version_refuses_to_resume(registered_copy: Path) -> None:
+    from prodai_cli.config import load_settings
+    from prodai_cli.registry import Registry
+
+    write_jsonl(registered_copy / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(12))])
+
+    class Crash(Exception):
+        pass
+
+    def crash(update: Any) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        run_batch(job(registered_copy, "clf@production", chunk_size=4), on_progress=crash)
+    Registry(load_settings()).set_alias("clf", "production", 2)
+    with pytest.raises(ResumeRefusedError, match=r"model\.version was '1', now '2'"):
+        run_batch(job(registered_copy, "clf@production", chunk_size=4))
+    summary = run_batch(job(registered_copy, "clf@production", chunk_size=4, restart=True))
+    assert summary.model_version == "2"
+    assert {r["model_version"] for r in read_jsonl(registered_copy / "out.jsonl")} == {"2"}
 
 
 def test_output_without_manifest_is_not_overwritten(project: Path, tiny_classifier_dir: Path) -> None:

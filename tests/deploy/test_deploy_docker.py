@@ -140,11 +140,6 @@ def test_ab_set_on_the_host_reaches_the_containers_config_live(deployment: Any, 
     assert json.loads(output)["version"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocked on the A/B integration: the server does not yet hot-reload ab: (issue 5); "
-    "when it does this passes and strict xfail flags the marker for removal",
-)
 def test_ab_set_changes_the_containers_routing_without_restart(deployment: Any, docker_client: Any) -> None:
     url = f"http://127.0.0.1:{deployment['port']}"
     container = docker_client.containers.get(deployment["name"])
