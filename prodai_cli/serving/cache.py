@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 V = TypeVar("V")
 CacheStatus = Literal["HIT", "MISS", "BYPASS"]
 KEY_PREFIX = "prodai:cache:"
+BACKGROUND_STORE_DELAY_S = 0.001
 
 
 # --------------------------------------------------------------------------------------------- keys
@@ -248,14 +249,26 @@ class ResponseCache:
         config: The ``cache`` section.
         redis_url: Required when ``config.backend`` is ``redis``.
         key_prefix: Prefix of Redis keys.
+        background_stores: Answer a miss as soon as it is computed and write the Redis entry a moment
+            later (the server: the write's round trip stays off the request's latency). Off, a returned miss
+            has been stored.
 
     Raises:
         ConfigError: ``backend: redis`` without a ``redis_url``.
 
     """
 
-    def __init__(self, config: CacheConfig, redis_url: str | None = None, *, key_prefix: str = KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        redis_url: str | None = None,
+        *,
+        key_prefix: str = KEY_PREFIX,
+        background_stores: bool = False,
+    ) -> None:
         self.config = config
+        self.background_stores = background_stores
+        self._pending_stores: set[asyncio.Task[bool]] = set()
         self.enabled = config.enabled
         self.key_prefix = key_prefix
         self.hits = 0
@@ -280,9 +293,9 @@ class ResponseCache:
             self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
 
     @classmethod
-    def from_config(cls, config: ProdaiConfig) -> ResponseCache:
+    def from_config(cls, config: ProdaiConfig, *, background_stores: bool = False) -> ResponseCache:
         """The cache the config describes (its ``cache`` section and top-level ``redis_url``)."""
-        return cls(config.cache, config.redis_url)
+        return cls(config.cache, config.redis_url, background_stores=background_stores)
 
     @property
     def errors(self) -> int:
@@ -386,8 +399,17 @@ class ResponseCache:
     ) -> V:
         value = await compute()
         if store and (should_store is None or should_store(value)):
-            await self.set(key, value)
+            if self.background_stores and self.redis is not None:
+                # A moment later, so the answer is on its way to the client before the write costs anything.
+                asyncio.get_running_loop().call_later(BACKGROUND_STORE_DELAY_S, self._store_later, key, value)
+            else:
+                await self.set(key, value)
         return value
+
+    def _store_later(self, key: str, value: Any) -> None:
+        pending = asyncio.ensure_future(self.set(key, value))
+        self._pending_stores.add(pending)
+        pending.add_done_callback(self._pending_stores.discard)
 
     def _finished(self, key: str, task: asyncio.Task[Any]) -> None:
         flight = self._inflight.get(key)
@@ -427,6 +449,8 @@ class ResponseCache:
         return True
 
     async def aclose(self) -> None:
-        """Release Redis connections (at server shutdown)."""
+        """Finish pending background writes (briefly), then release Redis connections (at server shutdown)."""
+        if self._pending_stores:
+            await asyncio.wait(set(self._pending_stores), timeout=self.config.redis_timeout_s * 2 + 0.1)
         if self.redis is not None:
             await self.redis.aclose()

@@ -6,9 +6,10 @@ pipeline's seams (see :mod:`prodai_cli.serving.pipeline`):
 
 - guard (before the body is parsed): the client IP (the TCP peer, or ``X-Forwarded-For`` behind
   ``rate_limit.trusted_proxies``); with ``auth.enabled``: 429 while the IP is over the failed-authentication
-  limit (checked *before* the key, so guessing stops), then the key (401/403 with ``WWW-Authenticate``; the
-  failure is counted against the IP); then the per-key and per-IP limits, all-or-nothing (429 with
-  ``Retry-After``). ``RateLimit-*`` headers go on every answer the limiter decided.
+  limit (checked *before* the key, so guessing stops; asked only for IPs that failed here recently, see
+  :meth:`Protection._failed_recently`), then the key (401/403 with ``WWW-Authenticate``; the failure is
+  counted against the IP); then the per-key and per-IP limits, all-or-nothing (429 with ``Retry-After``).
+  ``RateLimit-*`` headers go on every answer the limiter decided.
 - input hook: Unicode NFC and control characters removed (``filters.normalize_input``); the length limit
   holds after that too.
 - cache (around the model): one entry per text, keyed by model name, *resolved* version, the normalised text
@@ -33,6 +34,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.serving.auth import KeyStore, startup_warnings
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prodai.serving")
 
 CacheValue = dict[str, Any]
+MAX_REMEMBERED_IPS = 100_000
 
 
 def _storable(value: CacheValue) -> bool:
@@ -139,7 +142,8 @@ class Protection:
         self.auth_header = config.auth.header
         self.keys: KeyStore | None = KeyStore.from_settings(settings) if config.auth.enabled else None
         self.limiter = RateLimiter.from_config(config)
-        self.cache = ResponseCache.from_config(config)
+        # A miss is answered as soon as it is computed; the Redis write follows off the request's latency.
+        self.cache = ResponseCache.from_config(config, background_stores=True)
         self.output_filter = OutputFilter(config.filters)
         self.normalize_input = config.filters.normalize_input
         self.max_text_chars = config.serving.max_text_chars
@@ -147,6 +151,11 @@ class Protection:
         rules = json.dumps(config.filters.model_dump(mode="json"), sort_keys=True)
         self._filters_id = hashlib.sha256(rules.encode()).hexdigest()[:12] if self.output_filter.active else ""
         self.metrics = ProtectionMetrics(metrics)
+        # IPs this process saw fail authentication, until their failed-auth bucket has surely drained: only
+        # they need the lockout check (a Redis round trip) before their key is verified.
+        rule = config.rate_limit.auth_failures
+        self._lockout_memory_s = rule.period_s * (rule.rate + rule.burst) / rule.rate
+        self._failed_ips: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ lifecycle
     def describe(self) -> dict[str, Any]:
@@ -188,8 +197,8 @@ class Protection:
         ip = limiter.client_ip(ctx.client_ip, ctx.headers.get("x-forwarded-for"))
         ctx.client_ip = ip
         if self.keys is not None:
-            blocked = await limiter.auth_blocked(ip)
-            if not blocked.allowed:
+            blocked = await limiter.auth_blocked(ip) if self._failed_recently(ip) else None
+            if blocked is not None and not blocked.allowed:
                 self.metrics.denied.labels(blocked.rule).inc()
                 raise TooManyRequests(
                     "Too many failed authentication attempts from this address; retry later",
@@ -199,6 +208,7 @@ class Protection:
             result = self.keys.verify(ctx.headers.get(self.auth_header), scope)
             if not result.ok:
                 await limiter.record_auth_failure(ip)
+                self._remember_failure(ip)
                 reason = result.failure.value if result.failure is not None else "unknown"
                 self.metrics.auth_failures.labels(reason).inc()
                 ctx.log_fields["auth_failure"] = reason
@@ -216,6 +226,31 @@ class Protection:
                 headers=headers,
             )
         ctx.response_headers.update(headers)
+
+    def _failed_recently(self, ip: str) -> bool:
+        """Whether this process saw ``ip`` fail authentication within its lockout window.
+
+        An IP that never failed here can be over the limit only through failures at other replicas; it then
+        gets at most one more try at this replica before this check sees the shared count. Keys are 256-bit
+        random: the lockout stops floods, not a search that could succeed.
+        """
+        until = self._failed_ips.get(ip)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._failed_ips[ip]
+            return False
+        return True
+
+    def _remember_failure(self, ip: str) -> None:
+        now = time.monotonic()
+        if len(self._failed_ips) >= MAX_REMEMBERED_IPS:
+            for stale in [k for k, until in self._failed_ips.items() if until < now]:
+                del self._failed_ips[stale]
+            while len(self._failed_ips) >= MAX_REMEMBERED_IPS:
+                del self._failed_ips[next(iter(self._failed_ips))]
+        self._failed_ips.pop(ip, None)  # re-insert: the dict stays ordered by last failure
+        self._failed_ips[ip] = now + self._lockout_memory_s
 
     async def guard(self, ctx: RequestContext) -> None:
         """:meth:`authorize` for the prediction routes (scope ``predict``)."""
