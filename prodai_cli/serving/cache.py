@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 import unicodedata
 from collections import OrderedDict
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from prodai_cli.config import CacheConfig, ProdaiConfig
 
+logger = logging.getLogger("prodai.serving")
 V = TypeVar("V")
 CacheStatus = Literal["HIT", "MISS", "BYPASS"]
 KEY_PREFIX = "prodai:cache:"
@@ -111,8 +113,9 @@ class RedisGuard:
 
     """
 
-    def __init__(self, url: str, *, timeout_s: float, retry_s: float) -> None:
+    def __init__(self, url: str, *, timeout_s: float, retry_s: float, name: str = "redis") -> None:
         self.url = url
+        self.name = name
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.errors = 0
@@ -165,12 +168,21 @@ class RedisGuard:
         except Exception as exc:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+            if not self._failing:
+                # Once per outage, not per request: an outage under load would flood the log.
+                logger.warning(
+                    "%s: Redis failed (%s); falling back, retrying every %.1f s",
+                    self.name,
+                    self.last_error,
+                    self.retry_s,
+                )
             self._failing = True
             self._retry_at = time.monotonic() + self.retry_s
             raise
         if self._failing:
             self._failing = False
             self.recoveries += 1
+            logger.info("%s: Redis is back", self.name)
         return result
 
     async def aclose(self) -> None:
@@ -288,7 +300,9 @@ class ResponseCache:
                     "cache.backend is redis but redis_url is empty",
                     hint="Set redis_url (or PRODAI_REDIS_URL), or cache.backend: memory",
                 )
-            self.redis = RedisGuard(redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s)
+            self.redis = RedisGuard(
+                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
+            )
         else:
             self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
 

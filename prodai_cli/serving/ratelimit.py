@@ -271,7 +271,9 @@ class RateLimiter:
                     "rate_limit.backend is redis but redis_url is empty",
                     hint="Set redis_url (or PRODAI_REDIS_URL), or rate_limit.backend: memory",
                 )
-            self.redis = RedisGuard(redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s)
+            self.redis = RedisGuard(
+                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="rate limiter"
+            )
 
     @classmethod
     def from_config(cls, config: ProdaiConfig) -> RateLimiter:
