@@ -220,7 +220,14 @@ class CacheConfig(Section):
     enabled: bool = Field(True, description="Answer repeated inputs from the cache")
     backend: Literal["memory", "redis"] = Field("memory", description="memory (per process) or redis (shared)")
     ttl_seconds: int = Field(3600, gt=0, description="How long an entry lives")
-    max_entries: int = Field(10_000, ge=1, description="memory backend: LRU bound")
+    max_entries: int = Field(10_000, ge=1, description="memory backend, and the redis backend's local tier: LRU bound")
+    local_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="redis backend: keep entries Redis confirmed in this process this long, so hot texts skip"
+        " the round trip (0: off)",
+    )
     max_entry_bytes: int = Field(65_536, ge=1, description="Larger responses are not cached")
     redis_timeout_s: float = Field(
         0.1, gt=0, le=10, description="redis backend: socket timeout; a slower Redis is bypassed, not waited for"

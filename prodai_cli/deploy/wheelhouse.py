@@ -34,6 +34,8 @@ RUNTIME_PACKAGES = (
     "numpy",
     "fastapi",
     "uvicorn",
+    "uvloop",
+    "httptools",
     "pydantic",
     "ruamel.yaml",
     "pyyaml",
@@ -41,6 +43,7 @@ RUNTIME_PACKAGES = (
     "rich",
     "prometheus-client",
     "redis",
+    "hiredis",
     "httpx",
 )
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +114,10 @@ class ModelRuntime:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
         self._backend = _truncating_backend(tokenizer, max_length)
+        # tokenizers >= 0.21: the same ids without character offsets (nobody here reads them), ~25% faster.
+        self._encode_batch: Callable[[list[str]], Any] | None = getattr(
+            self._backend, "encode_batch_fast", None
+        ) or getattr(self._backend, "encode_batch", None)
         self._lock = threading.Lock()
         import torch
 
@@ -125,8 +129,8 @@ class ModelRuntime:
         texts = list(texts)
         if not texts:
             return Encoded([], [])
-        if self._backend is not None:
-            encodings = self._backend.encode_batch(texts)
+        if self._encode_batch is not None:
+            encodings = self._encode_batch(texts)
             return Encoded([e.ids for e in encodings], [bool(e.overflowing) for e in encodings])
         # Slow (Python) tokenizers: one call for the ids, and the untruncated lengths to count truncation.
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]

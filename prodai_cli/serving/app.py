@@ -24,6 +24,7 @@ Lifecycle:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from prodai_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from prodai_cli.config import ABConfig, MonitoringConfig, ProdaiConfig, ServingConfig, Settings
     from prodai_cli.serving.metrics import ServerMetrics
@@ -196,7 +198,6 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         ModelNotFoundError: An A/B variant names an alias the registry does not know.
 
     """
-    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -295,7 +296,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
             restore_hup()
             restore()
 
-    app = FastAPI(
+    app = server_app_class()(
         title="prodai model server",
         version=__version__,
         description="Predictions from a registered transformers model, micro-batched.",
@@ -355,13 +356,45 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE)
         + routes.DOC_ROUTES
     )
-    app.add_middleware(
-        ObservabilityMiddleware,
-        metrics=metrics,
-        known_routes=known,
-        access_log=settings.config.monitoring.access_log,
+    access_log = settings.config.monitoring.access_log
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)
+    app.fast_lane = ObservabilityMiddleware(  # type: ignore[attr-defined]  # ServerApp's
+        routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log
     )
     return app
+
+
+@functools.cache
+def server_app_class() -> type[FastAPI]:
+    """The server's FastAPI subclass (built on first use: FastAPI is imported lazily).
+
+    It answers ``POST`` on the prediction routes through ``fast_lane`` (see
+    :class:`~prodai_cli.serving.routes.PredictEndpoint`) and everything else (docs, health, metrics, admin,
+    other methods, a ``root_path`` deployment) through FastAPI as usual.
+    """
+    from fastapi import FastAPI
+
+    from prodai_cli.serving.routes import PREDICT_ROUTES
+
+    fast_paths = frozenset(PREDICT_ROUTES)
+
+    class ServerApp(FastAPI):
+        fast_lane: ASGIApp | None = None
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if (
+                self.fast_lane is not None
+                and scope["type"] == "http"
+                and scope["method"] == "POST"
+                and scope["path"] in fast_paths
+                and not scope.get("root_path")
+            ):
+                scope["app"] = self
+                await self.fast_lane(scope, receive, send)
+                return
+            await super().__call__(scope, receive, send)
+
+    return ServerApp
 
 
 def factory() -> FastAPI:

@@ -10,7 +10,10 @@ maximum entry size, short socket timeouts). :meth:`ResponseCache.get_or_compute`
 identical concurrent misses in one process run the model once, and fails open: when Redis is down or slow
 the request is computed and answered without the cache (counted in ``errors`` and ``bypasses``), Redis is
 left alone for ``redis_retry_s`` so requests do not each pay a timeout, and then tried again, so the
-cache comes back by itself when Redis does.
+cache comes back by itself when Redis does. In front of Redis sits a local tier (``local_ttl_s``, default
+5 s, 0 turns it off): entries Redis confirmed (read from it or written to it) stay in the process that
+long, so a hot text costs no round trip; entries never change, so nothing goes stale, and during an outage
+those entries keep answering until they expire while everything else bypasses.
 
 Call pattern in an async request path::
 
@@ -22,7 +25,7 @@ Call pattern in an async request path::
     await cache.aclose()                                      # at shutdown
 
 Counters (plain ints, read by the metrics layer): ``hits``, ``misses``, ``coalesced``, ``bypasses``,
-``errors``, ``oversize``, ``stores``.
+``errors``, ``oversize``, ``stores``, ``local_hits`` (hits the local tier answered, counted in ``hits`` too).
 """
 
 from __future__ import annotations
@@ -281,6 +284,9 @@ class ResponseCache:
         self.config = config
         self.background_stores = background_stores
         self._pending_stores: set[asyncio.Task[bool]] = set()
+        # Answers computed here whose background write to Redis has not landed yet: a lookup finds them here
+        # (the same client asking again right away must not miss just because the write is a moment late).
+        self._unwritten: dict[str, bytes] = {}
         self.enabled = config.enabled
         self.key_prefix = key_prefix
         self.hits = 0
@@ -294,6 +300,11 @@ class ResponseCache:
         self._inflight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
         self.memory: MemoryBackend | None = None
         self.redis: RedisGuard | None = None
+        # Redis's local tier: entries Redis confirmed (read from it, or written to it) kept in this process for
+        # a few seconds. An entry never changes (its key names the model version and the input), so a hot
+        # text costs no round trip while it is in here; an outage keeps serving these until they expire.
+        self.local: MemoryBackend | None = None
+        self.local_hits = 0
         if config.backend == "redis":
             if not redis_url:
                 raise ConfigError(
@@ -303,6 +314,8 @@ class ResponseCache:
             self.redis = RedisGuard(
                 redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
             )
+            if config.local_ttl_s > 0:
+                self.local = MemoryBackend(config.max_entries, min(config.local_ttl_s, float(config.ttl_seconds)))
         else:
             self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
 
@@ -326,6 +339,7 @@ class ResponseCache:
             "errors": self.errors,
             "oversize": self.oversize,
             "stores": self.stores,
+            "local_hits": self.local_hits,
         }
 
     # ---- raw access (tests, tools); both fail open
@@ -342,15 +356,20 @@ class ResponseCache:
 
     async def set(self, key: str, value: Any) -> bool:
         """Store ``value`` under ``key``; False when too large, not JSON, or the backend failed."""
+        data = self._encode(value)
+        return data is not None and await self._write(key, data)
+
+    def _encode(self, value: Any) -> bytes | None:
+        """The stored form of ``value``; None (counted) when it is not JSON or over ``max_entry_bytes``."""
         try:
             data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError):
             self._local_errors += 1
-            return False
+            return None
         if len(data) > self.config.max_entry_bytes:
             self.oversize += 1
-            return False
-        return await self._write(key, data)
+            return None
+        return data
 
     # ---- the request path
     async def get_or_compute(
@@ -359,6 +378,7 @@ class ResponseCache:
         compute: Callable[[], Awaitable[V]],
         *,
         should_store: Callable[[V], bool] | None = None,
+        before_compute: Callable[[], Awaitable[None]] | None = None,
     ) -> CacheResult[V]:
         """Answer from the cache, or compute once (per process) for all identical concurrent callers.
 
@@ -367,6 +387,9 @@ class ResponseCache:
             compute: Produces the answer on a miss; awaited at most once per key at a time. It runs as
                 its own task, so a caller that disconnects does not cancel it for the others.
             should_store: Return False for answers that must not be cached (a fallback model's answer).
+            before_compute: Awaited on a miss before this caller may start ``compute`` for everyone (the
+                request's own rate-limit decision): what it raises reaches this caller only, never the
+                identical requests that would otherwise have waited on this caller's computation.
 
         Returns:
             The value and its ``X-Cache`` status.
@@ -380,6 +403,10 @@ class ResponseCache:
             return CacheResult(await compute(), "BYPASS")
         flight = self._inflight.get(key)
         bypass = False
+        unwritten = self._unwritten.get(key) if flight is None else None
+        if unwritten is not None:
+            self.hits += 1
+            return CacheResult(json.loads(unwritten), "HIT")  # a fresh copy, like every hit
         if flight is None:
             found, data = await self._read(key)
             if found and data is not None:
@@ -391,7 +418,9 @@ class ResponseCache:
                     self.hits += 1
                     return CacheResult(value, "HIT")
             bypass = not found
-            # Another caller may have become the leader while we waited for the backend.
+            if before_compute is not None:
+                await before_compute()
+            # Another caller may have become the leader while we waited.
             flight = self._inflight.get(key)
         if flight is not None:
             self.coalesced += 1
@@ -415,15 +444,24 @@ class ResponseCache:
         if store and (should_store is None or should_store(value)):
             if self.background_stores and self.redis is not None:
                 # A moment later, so the answer is on its way to the client before the write costs anything.
-                asyncio.get_running_loop().call_later(BACKGROUND_STORE_DELAY_S, self._store_later, key, value)
+                data = self._encode(value)
+                if data is not None:
+                    self._unwritten[key] = data
+                    asyncio.get_running_loop().call_later(BACKGROUND_STORE_DELAY_S, self._store_later, key, data)
             else:
                 await self.set(key, value)
         return value
 
-    def _store_later(self, key: str, value: Any) -> None:
-        pending = asyncio.ensure_future(self.set(key, value))
+    def _store_later(self, key: str, data: bytes) -> None:
+        pending = asyncio.ensure_future(self._write(key, data))
         self._pending_stores.add(pending)
-        pending.add_done_callback(self._pending_stores.discard)
+
+        def landed(done: asyncio.Task[bool]) -> None:
+            self._pending_stores.discard(done)
+            if self._unwritten.get(key) is data:
+                del self._unwritten[key]
+
+        pending.add_done_callback(landed)
 
     def _finished(self, key: str, task: asyncio.Task[Any]) -> None:
         flight = self._inflight.get(key)
@@ -438,13 +476,21 @@ class ResponseCache:
         if self.memory is not None:
             return True, self.memory.get(key)
         assert self.redis is not None
+        if self.local is not None:
+            local = self.local.get(key)
+            if local is not None:
+                self.local_hits += 1
+                return True, local
         if not self.redis.available:
             return False, None
         try:
             data = await self.redis.run(lambda client: client.get(self.key_prefix + key))
         except Exception:
             return False, None
-        return True, data.encode("utf-8") if isinstance(data, str) else data
+        found = data.encode("utf-8") if isinstance(data, str) else data
+        if found is not None and self.local is not None:
+            self.local.set(key, found)
+        return True, found
 
     async def _write(self, key: str, data: bytes) -> bool:
         if self.memory is not None:
@@ -460,6 +506,8 @@ class ResponseCache:
         except Exception:
             return False
         self.stores += 1
+        if self.local is not None:
+            self.local.set(key, data)
         return True
 
     async def aclose(self) -> None:

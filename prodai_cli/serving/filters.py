@@ -59,6 +59,9 @@ EMAIL_PATTERN = (
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}(?![A-Za-z0-9\-])"
 )
 
+# Strings known to hold nothing to redact: at most this many, of at most this length (labels, not free text).
+_CLEAN_MAX_ENTRIES = 4096
+_CLEAN_MAX_CHARS = 128
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -99,6 +102,7 @@ class OutputFilter:
         self.replacement = config.replacement
         self.redactions: dict[str, int] = {}
         self.redacted_responses = 0
+        self._clean: set[str] = set()
         self._rules: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = []
         builtin = {
             "card": (CARD_PATTERN, luhn_valid),
@@ -120,8 +124,14 @@ class OutputFilter:
 
     def redact_text(self, text: str) -> str:
         """``text`` with every configured pattern replaced."""
+        if text in self._clean:
+            return text
+        original = text
         for name, pattern, check in self._rules:
             text = pattern.sub(self._replacer(name, check), text)
+        if text == original and len(text) <= _CLEAN_MAX_CHARS and len(self._clean) < _CLEAN_MAX_ENTRIES:
+            # Short strings that recur (a classifier's labels) are checked once, not on every response.
+            self._clean.add(text)
         return text
 
     def _replacer(self, name: str, check: Callable[[str], bool] | None) -> Callable[[re.Match[str]], str]:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import logging.handlers
+import queue
+import sys
 import time
 from typing import Any
 
@@ -65,6 +68,38 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Writes records to stderr from a thread of its own: a request never waits on formatting or the pipe.
+
+    The access log writes a line per request; formatting it as JSON and writing it cost ~0.1 ms on the
+    event loop, which at one client is a measurable share of a small model's latency. Here the caller only
+    enqueues the record (unformatted: unlike the stock QueueHandler, which formats in the caller); the
+    listener thread formats and writes, in order. ``close()`` (dictConfig replacing handlers, or
+    ``logging.shutdown`` at exit) drains the queue first, so no line is lost.
+    """
+
+    def __init__(self) -> None:
+        self.target = logging.StreamHandler(sys.stderr)
+        super().__init__(queue.SimpleQueue())
+        self.listener = logging.handlers.QueueListener(self.queue, self.target)
+        self.listener.start()
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Format in the listener thread, with ``fmt``."""
+        self.target.setFormatter(fmt)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """Enqueue the record as it is (same process: nothing needs pickling)."""
+        return record
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        if self.listener._thread is not None:
+            self.listener.stop()
+        self.target.close()
+        super().close()
+
+
 def log_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the server process, uvicorn's loggers included.
 
@@ -78,7 +113,7 @@ def log_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": formatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
+        "handlers": {"stderr": {"()": "prodai_cli.serving.logging.BackgroundHandler", "formatter": "default"}},
         "loggers": {
             "prodai": {"handlers": ["stderr"], "level": upper, "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
@@ -92,3 +127,6 @@ def log_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
     """Apply :func:`log_config` to this process."""
     logging.config.dictConfig(log_config(log_format, level))
+    # Neither formatter prints file or line: skip the stack walk every record would otherwise pay for
+    # (the logging HOWTO's "Optimization" section). Server processes only; this runs nowhere else.
+    logging._srcfile = None

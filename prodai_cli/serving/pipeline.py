@@ -3,7 +3,8 @@
 ``PredictPipeline.handle`` runs, in order::
 
     read body (413, counted as it streams)       read_body
-    guards: [auth] -> [rate limit]               PredictPipeline.guards            (401/403/429)
+    guards: [auth] -> [rate limit]               PredictPipeline.guards            (401/403/429; a Redis
+                                                  limit decision is deferred: settle() before any answer)
     validate (415, 422)                          PredictPipeline.parse
     input hooks: [normalisation]                 PredictPipeline.input_hooks
     route: pick the version + variant            PredictPipeline.router            (503 while loading)
@@ -23,6 +24,7 @@ a :class:`~prodai_cli.serving.errors.ServingError`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,6 +39,7 @@ from prodai_cli.serving.errors import (
     InvalidRequest,
     ModelError,
     ServiceUnavailable,
+    ServingError,
     UnsupportedMediaType,
 )
 
@@ -72,6 +75,9 @@ class RequestContext:
         response_headers: Headers any step wants on the response, refusals included (``RateLimit-*``,
             ``X-Cache``, ``X-Fallback``...).
         log_fields: Extra fields for this request's access-log line (never bodies or secrets).
+        deferred: Decisions a guard started but did not wait for (a rate limit asked of Redis), so their round
+            trip overlaps parsing and the cache lookup; :func:`settle` waits for them (and raises their
+            refusal) before the model runs and before any answer, a cached one included.
 
     """
 
@@ -86,6 +92,28 @@ class RequestContext:
     variant: str = ""
     response_headers: dict[str, str] = field(default_factory=dict)
     log_fields: dict[str, Any] = field(default_factory=dict)
+    deferred: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+async def settle(ctx: RequestContext) -> None:
+    """Wait for the request's deferred guard decisions; raise the first refusal (a ServingError).
+
+    Safe to call any number of times, concurrently too (the texts of a batch each call it before they may
+    compute): every caller waits for the same decisions and sees the same refusal.
+    """
+    if not ctx.deferred:
+        return
+    outcomes = await asyncio.gather(*ctx.deferred, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _forget(ctx: RequestContext) -> None:
+    """Decisions nobody will wait for (the request was cancelled): let them finish without a warning."""
+    for future in ctx.deferred:
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    ctx.deferred = []
 
 
 @dataclass(frozen=True)
@@ -264,23 +292,30 @@ class PredictPipeline:
     async def handle(self, request: Request, ctx: RequestContext, kind: Kind) -> Response:
         """Run the whole path for one request and return its response (refusals raise ServingError)."""
         try:
-            body = await read_body(request, self.max_body_bytes)
-            for guard in self.guards:
-                await guard(ctx)
-            texts = self.parse(ctx, body, kind)
-            for hook in self.input_hooks:
-                texts = hook(ctx, texts)
-            route = self.router.route(ctx)
-            ctx.model_version, ctx.variant = route.model.version, route.variant
             try:
-                inference = await self.infer(ctx, route, texts)
-            except ModelError as exc:
-                raise InferenceFailed(f"The model failed on this request ({exc.error_type})") from None
+                body = await read_body(request, self.max_body_bytes)
+                for guard in self.guards:
+                    await guard(ctx)
+                texts = self.parse(ctx, body, kind)
+                for hook in self.input_hooks:
+                    texts = hook(ctx, texts)
+                route = self.router.route(ctx)
+                ctx.model_version, ctx.variant = route.model.version, route.variant
+                try:
+                    inference = await self.infer(ctx, route, texts)
+                except ModelError as exc:
+                    raise InferenceFailed(f"The model failed on this request ({exc.error_type})") from None
+                await settle(ctx)
+            except ServingError:
+                # A deferred guard's refusal comes first, as if it had been decided before anything else.
+                await settle(ctx)
+                raise
             ctx.model_version, ctx.variant = inference.model_version, inference.variant
             if inference.fallback:
                 ctx.response_headers["X-Fallback"] = inference.fallback
             return self.render(inference, kind)
         finally:
+            _forget(ctx)
             for after in self.after:
                 after(ctx)
 
@@ -300,6 +335,7 @@ class PredictPipeline:
         """Cache (optional) around resilience (optional) around the batcher, then the output filters."""
 
         async def filtered(ctx: RequestContext, route: Route, texts: list[str]) -> Inference:
+            await settle(ctx)  # a refused request never reaches the model
             if self.resilience is not None:
                 inference = await self.resilience(ctx, route, texts, self.run_model)
             else:

@@ -41,7 +41,7 @@ from prodai_cli.serving.auth import KeyStore, startup_warnings
 from prodai_cli.serving.cache import CacheResult, ResponseCache, cache_key
 from prodai_cli.serving.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized
 from prodai_cli.serving.filters import OutputFilter, normalize_text
-from prodai_cli.serving.pipeline import Inference
+from prodai_cli.serving.pipeline import Inference, settle
 from prodai_cli.serving.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -184,8 +184,14 @@ class Protection:
         await self.limiter.aclose()
 
     # ------------------------------------------------------------------------------------ guard
-    async def authorize(self, ctx: RequestContext, scope: Scope = "predict") -> None:
+    async def authorize(self, ctx: RequestContext, scope: Scope = "predict", *, defer_limits: bool = False) -> None:
         """The guard: client IP, failed-auth lockout, API key and scope, then the rate limits.
+
+        Args:
+            ctx: The request.
+            scope: The scope the key needs.
+            defer_limits: With a Redis limiter, start the per-key/per-IP decision and leave it in
+                ``ctx.deferred`` instead of waiting (see :func:`~prodai_cli.serving.pipeline.settle`).
 
         Raises:
             TooManyRequests: Over the failed-authentication limit, or over a rate limit (``Retry-After``).
@@ -217,7 +223,14 @@ class Protection:
                 refusal = Forbidden if result.status == 403 else Unauthorized
                 raise refusal(result.detail, headers=result.headers(), code=reason)
             ctx.principal = result.key_name
-        decision = await limiter.check_request(client_ip=ip, key_name=ctx.principal)
+        if defer_limits and limiter.redis is not None:
+            ctx.deferred.append(asyncio.ensure_future(self._limit(ctx, ip)))
+            return
+        await self._limit(ctx, ip)
+
+    async def _limit(self, ctx: RequestContext, ip: str) -> None:
+        """The per-key and per-IP limits: 429 when over, ``RateLimit-*`` headers either way."""
+        decision = await self.limiter.check_request(client_ip=ip, key_name=ctx.principal)
         headers = decision.headers()
         if not decision.allowed:
             self.metrics.denied.labels(decision.rule).inc()
@@ -253,8 +266,13 @@ class Protection:
         self._failed_ips[ip] = now + self._lockout_memory_s
 
     async def guard(self, ctx: RequestContext) -> None:
-        """:meth:`authorize` for the prediction routes (scope ``predict``)."""
-        await self.authorize(ctx, "predict")
+        """:meth:`authorize` for the prediction routes (scope ``predict``), the Redis round trip deferred.
+
+        The limit decision then overlaps parsing and the cache lookup: a hit through Redis costs one round
+        trip of waiting instead of two. It is still taken for every request and still wins: nothing is
+        answered, and the model never runs, until it allowed the request.
+        """
+        await self.authorize(ctx, "predict", defer_limits=True)
 
     # ------------------------------------------------------------------------------------ input and output
     def normalize(self, ctx: RequestContext, texts: list[str]) -> list[str]:
@@ -308,12 +326,15 @@ class Protection:
                 }
 
             key = cache_key(model.name, version, {"text": text}, params)
-            return await self.cache.get_or_compute(key, compute, should_store=_storable)
+            return await self.cache.get_or_compute(
+                key, compute, should_store=_storable, before_compute=lambda: settle(ctx)
+            )
 
         if len(texts) == 1:
             results = [await lookup(texts[0])]
         else:
             results = list(await asyncio.gather(*(lookup(text) for text in texts)))
+        await settle(ctx)  # every text was a hit: the limit decision must still allow the answer
         statuses = {result.status for result in results}
         ctx.response_headers["X-Cache"] = (
             "BYPASS" if "BYPASS" in statuses else "MISS" if "MISS" in statuses else "HIT"

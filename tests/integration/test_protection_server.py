@@ -84,7 +84,11 @@ auth:
   enabled: true
 """
     root = kit.make_project(registered_project, tmp_path_factory.mktemp("guarded") / "proj", config)
-    keys = add_keys(root, ["limit", "shared", "ttl", "cache", *(f"flight-{i}" for i in range(5))])
+    keys = add_keys(
+        root,
+        ["limit", "shared", "ttl", "cache", "over", "warm", *(f"flight-{i}" for i in range(5)),
+         *(f"mixed-{i}" for i in range(5))],
+    )
     server = kit.Server(root)
     kit.start_all(server)
     server.keys = keys
@@ -211,6 +215,47 @@ def test_fifty_identical_concurrent_misses_run_the_model_once(guarded: Any, kit:
     assert delta("prodai_cache_coalesced_total") + delta("prodai_cache_hits_total") == 49
 
 
+def test_over_the_limit_gets_429_for_cached_and_new_texts_and_never_leaks_to_identical_requests(
+    guarded: Any, kit: Any
+) -> None:
+    # The limit decision overlaps the cache lookup (one Redis round trip of waiting), but still decides.
+    from prodai_cli.serving.metrics import sample_sum
+
+    user = {"X-User-ID": user_for("v1")}
+    cached_text = f"warm {uuid.uuid4()}"
+    (warm,) = kit.send_all(guarded.port, [kit.Call({"text": cached_text}, {"X-API-Key": guarded.keys["warm"], **user})])
+    assert warm.status == 200 and warm.headers["x-cache"] == "MISS"
+    over = {"X-API-Key": guarded.keys["over"], **user}
+    spent = kit.send_all(guarded.port, [kit.Call({"text": f"spend {i} {uuid.uuid4()}"}, over) for i in range(10)])
+    assert [a.status for a in spent] == [200] * 10
+    texts_before = sample_sum(guarded.metrics(), "prodai_batch_size_sum")
+    hit, new, batch, bad = kit.send_all(
+        guarded.port,
+        [kit.Call({"text": cached_text}, over), kit.Call({"text": f"new {uuid.uuid4()}"}, over),
+         kit.Call({"texts": [cached_text, *(f"batch {i} {uuid.uuid4()}" for i in range(3))]}, over,
+                  path="/predict/batch"),
+         kit.Call({"texts": "not a list"}, over)],
+        concurrency=1,
+    )
+    for answer in (hit, new, batch, bad):  # the limit wins over a cached answer, misses and a 422 alike
+        assert answer.status == 429 and answer.json()["code"] == "rate_limited", (answer.status, answer.body)
+        assert answer.headers["ratelimit-remaining"] == "0" and "retry-after" in answer.headers
+        assert "x-cache" not in answer.headers
+    assert sample_sum(guarded.metrics(), "prodai_batch_size_sum") == texts_before  # the model never ran
+    # 50 identical concurrent misses, half from the exhausted key: whoever leads the single flight, the
+    # refused ones get 429 and the others one shared answer, computed once.
+    text = f"mixed flight {uuid.uuid4()}"
+    calls = [
+        kit.Call({"text": text}, over if i % 2 else {"X-API-Key": guarded.keys[f"mixed-{i % 5}"], **user})
+        for i in range(50)
+    ]
+    answers = kit.send_at_once(guarded.port, calls)
+    statuses = [a.status for a in answers]
+    assert statuses == [429 if i % 2 else 200 for i in range(50)], statuses
+    assert len({a.body for a in answers if a.status == 200}) == 1
+    assert sample_sum(guarded.metrics(), "prodai_batch_size_sum") - texts_before == 1
+
+
 # --------------------------------------------------------------------------------------------- Redis dies
 
 
@@ -219,7 +264,7 @@ def test_killing_redis_under_load_yields_no_5xx_and_restarting_restores_cache_an
 ) -> None:
     config = kit.BASE_CONFIG + f"""\
 redis_url: {redis_process.url}
-cache: {{backend: redis, redis_timeout_s: 0.1, redis_retry_s: 0.5}}
+cache: {{backend: redis, redis_timeout_s: 0.1, redis_retry_s: 0.5, local_ttl_s: 0}}
 rate_limit:
   backend: redis
   redis_timeout_s: 0.1

@@ -15,8 +15,9 @@ from prodai_cli.serving.cache import KEY_PREFIX, MemoryBackend, ResponseCache, c
 
 
 def redis_cache(url: str, **overrides: Any) -> ResponseCache:
-    # Timeouts roomy enough for a busy CI machine; the slow-Redis test sets its own.
-    settings: dict[str, Any] = {"backend": "redis", "redis_timeout_s": 0.5, "redis_retry_s": 0.2}
+    # Timeouts roomy enough for a busy CI machine; the slow-Redis test sets its own. The local tier is off
+    # unless a test turns it on: these tests are about what Redis does.
+    settings: dict[str, Any] = {"backend": "redis", "redis_timeout_s": 0.5, "redis_retry_s": 0.2, "local_ttl_s": 0}
     settings.update(overrides)
     return ResponseCache(CacheConfig(**settings), url)
 
@@ -98,6 +99,7 @@ def test_memory_hit_after_miss_with_counters_and_statuses() -> None:
         assert third.value["label"] == "POSITIVE"
         assert cache.stats() == {
             "hits": 2, "misses": 1, "coalesced": 0, "bypasses": 0, "errors": 0, "oversize": 0, "stores": 1,
+            "local_hits": 0,
         }
 
     asyncio.run(scenario())
@@ -323,3 +325,40 @@ def test_slow_redis_is_bypassed_within_the_timeout(redis_process: RedisServer) -
         await cache.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_local_tier_answers_what_redis_confirmed_until_it_expires(redis_process: RedisServer) -> None:
+    async def scenario() -> None:
+        cache = redis_cache(redis_process.url, local_ttl_s=3)
+        model = CountingModel()
+        hot = cache_key("clf", "1", {"text": "hot"})
+        assert (await cache.get_or_compute(hot, lambda: model("hot"))).status == "MISS"  # written to Redis
+        redis_process.client().flushdb()  # Redis forgets it; this process still has it, for local_ttl_s
+        hit = await cache.get_or_compute(hot, lambda: model("hot"))
+        assert (hit.status, hit.value["text_len"], model.calls, cache.local_hits) == ("HIT", 3, 1, 1)
+        # An entry another process wrote is read from Redis once, then from the local tier.
+        shared = cache_key("clf", "1", {"text": "shared"})
+        other = redis_cache(redis_process.url, local_ttl_s=0)
+        assert (await other.get_or_compute(shared, lambda: model("shared"))).status == "MISS"
+        assert [(await cache.get_or_compute(shared, lambda: model("shared"))).status for _ in range(3)] == ["HIT"] * 3
+        assert cache.local_hits == 3 and model.calls == 2
+        # While Redis is down, confirmed entries answer until they expire; nothing new is kept locally.
+        redis_process.stop()
+        assert (await cache.get_or_compute(shared, lambda: model("shared"))).status == "HIT"
+        fresh = cache_key("clf", "1", {"text": "fresh"})
+        statuses = [(await cache.get_or_compute(fresh, lambda: model("fresh"))).status for _ in range(3)]
+        assert statuses == ["BYPASS"] * 3 and model.calls == 5
+        await asyncio.sleep(3.1)
+        assert (await cache.get_or_compute(shared, lambda: model("shared"))).status == "BYPASS"  # expired
+        await other.aclose()
+        await cache.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_local_tier_is_redis_only_and_off_at_zero() -> None:
+    assert ResponseCache(CacheConfig()).local is None  # the memory backend is local already
+    assert ResponseCache(CacheConfig(backend="redis", local_ttl_s=0), "redis://127.0.0.1:1/0").local is None
+    tier = ResponseCache(CacheConfig(backend="redis", local_ttl_s=30, ttl_seconds=10), "redis://127.0.0.1:1/0").local
+    assert tier is not None and tier.ttl_s == 10  # never longer than the entries live in Redis

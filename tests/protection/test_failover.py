@@ -28,7 +28,9 @@ def test_killing_redis_under_load_fails_open_and_restarting_restores_both(redis_
         ),
         redis_process.url,
     )
-    cache = ResponseCache(CacheConfig(backend="redis", redis_timeout_s=0.3, redis_retry_s=0.2), redis_process.url)
+    cache = ResponseCache(  # the local tier off: this is about the shared tier failing over
+        CacheConfig(backend="redis", redis_timeout_s=0.3, redis_retry_s=0.2, local_ttl_s=0), redis_process.url
+    )
     model_calls = 0
     phase = "before"
     outcomes: Counter[tuple[str, str, str]] = Counter()

@@ -122,3 +122,17 @@ def test_normalize_text() -> None:
     normalize_text("x\ud800y").encode("utf-8")
     assert normalize_text("plain text") == "plain text"
     assert normalize_text("emoji \U0001f44d\u200d ok") == "emoji \U0001f44d\u200d ok"  # format chars kept
+
+
+def test_recurring_strings_are_checked_once_but_sensitive_ones_every_time() -> None:
+    f = default_filter()
+    label = "POSITIVE"
+    assert f.redact({"label": label}) == {"label": label}
+    assert label in f._clean  # a clean label is remembered...
+    leaky = "mail ops@example.com"
+    for _ in range(3):  # ...a string that needed redacting never is: counted and redacted every time
+        assert f.redact({"label": leaky}) == {"label": "mail [REDACTED:email]"}
+    assert leaky not in f._clean
+    assert f.redactions == {"email": 3} and f.redacted_responses == 3
+    long_text = "x" * 1000
+    assert f.redact_text(long_text) == long_text and long_text not in f._clean  # free text is not remembered
