@@ -35,9 +35,9 @@ from contextlib import asynccontextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-# FastAPI reads handler annotations at runtime: Request and JSONResponse must be importable by name here.
+# FastAPI reads handler annotations at runtime: Request and the response classes must be importable by name here.
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from prodai_cli.errors import ConfigError
 
@@ -308,9 +308,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         ctx = context_of(request.state)
         return ctx.request_id if ctx is not None else None
 
-    async def serving_error(request: Request, exc: Exception) -> JSONResponse:
+    async def serving_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
-        return JSONResponse(exc.body(request_id(request)), status_code=exc.status_code, headers=exc.headers)
+        return routes.error_response(exc, request_id(request))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -318,7 +318,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         body = {"detail": str(exc.detail), "code": code, "request_id": request_id(request)}
         return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return await serving_error(request, InvalidRequest("Invalid request", errors=errors))

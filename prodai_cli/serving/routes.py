@@ -137,8 +137,6 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one request whose path is one of PREDICT_ROUTES."""
-        from starlette.responses import JSONResponse
-
         ctx = context_of(scope)
         if ctx is None:
             raise RuntimeError("request context missing: ObservabilityMiddleware is not installed")
@@ -147,5 +145,12 @@ class PredictEndpoint:
         try:
             response = await self.pipeline.handle(Request(scope, receive), ctx, kind)
         except ServingError as exc:
-            response = JSONResponse(exc.body(ctx.request_id), status_code=exc.status_code, headers=exc.headers)
+            response = error_response(exc, ctx.request_id)
         await response(scope, receive, send)
+
+
+def error_response(exc: ServingError, request_id: str | None) -> Response:
+    """A refusal as the JSON response every route gives: ``{"detail", "code", "request_id"}`` + headers."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(exc.body(request_id), status_code=exc.status_code, headers=exc.headers)
