@@ -579,8 +579,20 @@ class ProdaiConfig(Section):
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig, description="Load tests")
     check: CheckConfig = Field(default_factory=CheckConfig, description="Production checklist and gated promotion")
     redis_url: str | None = Field(
-        None, description="Redis shared by cache and rate limits, e.g. redis://127.0.0.1:6379/0. Empty: in-memory"
+        None,
+        description="Redis shared by cache and rate limits: redis://[:password@]host:6379/0, rediss:// (TLS) or "
+        "unix:///path.sock?db=0. Empty: in-memory",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from prodai_cli.serving.redis_client import RedisAddress
+
+        RedisAddress.parse(value)  # ValueError says what is wrong; the loader adds the key and line
+        return value
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +89,13 @@ class RedisServer:
     SIGSTOP (connections hang, as with an overloaded Redis) and `resume()` SIGCONT.
     """
 
-    def __init__(self, port: int, workdir: Path, executable: str = "redis-server") -> None:
+    def __init__(
+        self, port: int, workdir: Path, executable: str = "redis-server", extra_args: Sequence[str] = ()
+    ) -> None:
         self.port = port
         self.workdir = workdir
         self.executable = executable
+        self.extra_args = list(extra_args)
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -105,7 +109,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"), *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -123,7 +127,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # NOAUTH: up, but asks for a password (requirepass in extra_args).
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -42,7 +42,6 @@ RUNTIME_PACKAGES = (
     "typer",
     "rich",
     "prometheus-client",
-    "redis",
     "hiredis",
     "httpx",
 )

@@ -253,7 +253,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     pipeline.resilience = resilience
     if protection.output_filter.active:
         pipeline.output_filters.append(protection.redact)
-    pipeline.after.append(protection.sync_metrics)
+    if metrics.multiprocess:
+        # Another worker may answer the scrape: keep this worker's files current after every request.
+        pipeline.after.append(protection.sync_metrics)
     metrics.before_render.append(protection.sync_metrics)
     state = ServerState(settings, metrics, pool, pipeline, model_keys)
     state.protection, state.routing, state.resilience = protection, routing, resilience

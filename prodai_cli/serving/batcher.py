@@ -207,13 +207,17 @@ class MicroBatcher:
             self._queue.append(request)
             self._set_queued(self._queued_texts + len(texts))
             self._cond.notify()
+        # A timer on the request's own future rather than asyncio.wait_for: no extra future and no extra
+        # loop turn between the worker's answer and this coroutine (it adds up at one client).
+        timer = loop.call_later(timeout, _expire, request.future, timeout)
         try:
-            return await asyncio.wait_for(request.future, timeout)
-        except TimeoutError:
+            return await request.future
+        except InferenceTimeout:
             if self.metrics is not None:
                 self.metrics.model_errors.labels(self.runtime.version, "timeout").inc()
-            raise InferenceTimeout(f"The prediction did not finish within {timeout:g} s") from None
+            raise
         finally:
+            timer.cancel()
             # Timed out or the client went away: the worker skips it if it has not started on it.
             request.abandoned = True
 
@@ -333,6 +337,12 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.model_errors.labels(self.runtime.version, error_type).inc()
         return ModelError(self.runtime.version, error_type, f"{error_type}: {exc}")
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    """The request's deadline passed: fail its future (the worker's late answer is then dropped)."""
+    if not future.done():
+        future.set_exception(InferenceTimeout(f"The prediction did not finish within {timeout:g} s"))
 
 
 def _deliver(

@@ -45,9 +45,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from prodai_cli.errors import ConfigError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from prodai_cli.config import CacheConfig, ProdaiConfig
+    from prodai_cli.serving.redis_client import PipelinedRedis
 
 logger = logging.getLogger("prodai.serving")
 V = TypeVar("V")
@@ -102,21 +101,30 @@ def cache_key(model: str, version: str | int, inputs: Any, params: Mapping[str, 
 
 
 class RedisGuard:
-    """A lazily connected ``redis.asyncio`` client that is skipped for a while after it fails.
+    """A component's use of Redis: a deadline on every operation, and a pause after a failure.
 
-    Every operation through :meth:`run` has a deadline of about twice the socket timeout. After a failure
-    the guard reports :attr:`available` False for ``retry_s`` seconds (callers fall back without touching
-    Redis), then lets the next call probe Redis again; that is how a cache or limiter recovers by itself.
-    The client is re-created when the running event loop changes (asyncio clients belong to one loop).
+    Operations go through :meth:`run` (or :meth:`execute`) on the event loop's shared, auto-pipelined
+    connection (:func:`~prodai_cli.serving.redis_client.shared_client`: the cache and the rate limiter of
+    one process use the same one, so a request's lookup and its limit script leave in one write). Each
+    operation has a deadline of about twice the socket timeout. After a failure the guard reports
+    :attr:`available` False for ``retry_s`` seconds (callers fall back without touching Redis), then lets
+    the next call probe Redis again; that is how a cache or limiter recovers by itself. The guards of one
+    connection keep their own counters and back-off.
 
     Attributes:
-        errors: Failed operations (connection refused, timeout, protocol error...).
+        errors: Failed operations (connection refused, timeout, error reply...).
         recoveries: Times an operation succeeded after a failure.
         last_error: The latest failure, ``"ExcType: message"``, for logs.
 
     """
 
     def __init__(self, url: str, *, timeout_s: float, retry_s: float, name: str = "redis") -> None:
+        from prodai_cli.serving.redis_client import RedisAddress
+
+        try:
+            RedisAddress.parse(url)
+        except ValueError as exc:
+            raise ConfigError(f"redis_url: {exc}", hint="e.g. redis://127.0.0.1:6379/0") from None
         self.url = url
         self.name = name
         self.timeout_s = timeout_s
@@ -126,38 +134,39 @@ class RedisGuard:
         self.last_error: str | None = None
         self._retry_at = 0.0
         self._failing = False
-        self._client: Redis | None = None
+        self._client: PipelinedRedis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Import now (start-up), not inside the first operation's deadline: it takes longer than a timeout.
-        import redis.asyncio  # noqa: F401
 
     @property
     def available(self) -> bool:
         """False while backing off after a failure."""
         return time.monotonic() >= self._retry_at
 
-    def client(self) -> Redis:
-        """The client for the running event loop (created on first use)."""
+    @property
+    def command_timeout_s(self) -> float:
+        """Connect + reply time one command gets (inside :meth:`run`'s deadline, so the client sees it first)."""
+        return self.timeout_s * 2
+
+    def client(self) -> PipelinedRedis:
+        """The running event loop's shared connection to ``url`` (taken on first use)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+            from prodai_cli.serving.redis_client import shared_client
 
-            self._client = Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-                # No hidden retries: one quick failure, then the guard backs off.
-                retry=Retry(NoBackoff(), 0),
-                # CLIENT SETINFO would add round trips to every new connection.
-                lib_name=None,
-                lib_version=None,
-            )
+            # A client belongs to one loop; one left on a closed loop goes with it.
+            self._client = shared_client(self.url)
             self._loop = loop
         return self._client
 
-    async def run(self, operation: Callable[[Redis], Awaitable[V]]) -> V:
+    async def execute(self, *args: str | bytes | int | float, urgent: bool = True) -> Any:
+        """One command under :meth:`run`'s rules; its reply (bytes, int, None or a list).
+
+        ``urgent=False``: see :meth:`~prodai_cli.serving.redis_client.PipelinedRedis.execute`.
+        """
+        timeout = self.command_timeout_s
+        return await self.run(lambda client: client.execute(*args, timeout=timeout, urgent=urgent))
+
+    async def run(self, operation: Callable[[PipelinedRedis], Awaitable[V]]) -> V:
         """Run ``operation(client)`` under the deadline; record success or failure.
 
         Raises:
@@ -189,11 +198,13 @@ class RedisGuard:
         return result
 
     async def aclose(self) -> None:
-        """Close the client's connections (call from the loop that used it)."""
+        """Give back the shared connection (the last user closes it; call from the loop that used it)."""
         client, self._client = self._client, None
         if client is not None:
+            from prodai_cli.serving.redis_client import release
+
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await release(client)
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -453,7 +464,8 @@ class ResponseCache:
         return value
 
     def _store_later(self, key: str, data: bytes) -> None:
-        pending = asyncio.ensure_future(self._write(key, data))
+        # Not urgent: the write rides along with the next request's round trip (or goes alone a moment later).
+        pending = asyncio.ensure_future(self._write(key, data, urgent=False))
         self._pending_stores.add(pending)
 
         def landed(done: asyncio.Task[bool]) -> None:
@@ -484,15 +496,14 @@ class ResponseCache:
         if not self.redis.available:
             return False, None
         try:
-            data = await self.redis.run(lambda client: client.get(self.key_prefix + key))
+            found = await self.redis.execute("GET", self.key_prefix + key)
         except Exception:
             return False, None
-        found = data.encode("utf-8") if isinstance(data, str) else data
         if found is not None and self.local is not None:
             self.local.set(key, found)
         return True, found
 
-    async def _write(self, key: str, data: bytes) -> bool:
+    async def _write(self, key: str, data: bytes, *, urgent: bool = True) -> bool:
         if self.memory is not None:
             self.memory.set(key, data)
             self.stores += 1
@@ -502,7 +513,7 @@ class ResponseCache:
             return False
         ttl = self.config.ttl_seconds
         try:
-            await self.redis.run(lambda client: client.set(self.key_prefix + key, data, ex=ttl))
+            await self.redis.execute("SET", self.key_prefix + key, data, "EX", ttl, urgent=urgent)
         except Exception:
             return False
         self.stores += 1

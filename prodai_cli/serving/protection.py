@@ -25,7 +25,8 @@ because Redis failed: fail-open), ``prodai_ratelimit_redis_errors_total``, ``pro
 ``prodai_cache_misses_total``, ``prodai_cache_coalesced_total`` (answered by an identical request in flight),
 ``prodai_cache_bypasses_total``, ``prodai_cache_errors_total``, ``prodai_cache_stores_total``,
 ``prodai_redactions_total{pattern}``, ``prodai_auth_key_reloads_total{result}``. Counts kept by the
-components are copied into these after every request and before every scrape.
+components are copied into these before every scrape (and, with several workers, after every request: another
+worker may answer the scrape).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class Protection:
             logger.warning(warning)
 
     def sync_metrics(self, _ctx: RequestContext | None = None) -> None:
-        """Copy the components' counters into Prometheus (an ``after`` hook, and before each scrape)."""
+        """Copy the components' counters into Prometheus (before each scrape; with workers, after each request)."""
         self.metrics.sync(self)
 
     async def aclose(self) -> None:

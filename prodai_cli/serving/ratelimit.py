@@ -41,9 +41,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prodai_cli.errors import ConfigError
 from prodai_cli.serving.cache import RedisGuard
+from prodai_cli.serving.redis_client import Script
 
 if TYPE_CHECKING:
     from prodai_cli.config import LimitRule, ProdaiConfig, RateLimitConfig
+    from prodai_cli.serving.redis_client import PipelinedRedis
 
 RuleName = Literal["per_key", "per_ip", "auth_failures"]
 Backend = Literal["memory", "redis", "fallback", "off"]
@@ -89,6 +91,7 @@ if all_allowed == 1 and not peek then
 end
 return {all_allowed, results}
 """
+GCRA_SCRIPT = Script(GCRA_LUA)
 
 
 @dataclass(frozen=True)
@@ -263,8 +266,6 @@ class RateLimiter:
         self.denied = 0
         self.fallbacks = 0
         self.redis: RedisGuard | None = None
-        self._script: Any = None
-        self._script_client: Any = None
         if config.backend == "redis":
             if not redis_url:
                 raise ConfigError(
@@ -359,16 +360,15 @@ class RateLimiter:
         return decision
 
     async def _eval(
-        self, client: Any, checks: Sequence[_Check], peek: bool
+        self, client: PipelinedRedis, checks: Sequence[_Check], peek: bool
     ) -> tuple[bool, list[tuple[bool, int, float, float]]]:
-        if self._script is None or self._script_client is not client:
-            # A Script object re-loads itself (NOSCRIPT) after Redis restarts with an empty script cache.
-            self._script = client.register_script(GCRA_LUA)
-            self._script_client = client
         args: list[Any] = ["1" if peek else "0"]
         for check in checks:
             args += [repr(check.interval_s * 1_000_000), check.capacity]
-        raw = await self._script(keys=[self.redis_key(c.rule_name, c.identity) for c in checks], args=args)
+        keys = [self.redis_key(c.rule_name, c.identity) for c in checks]
+        # evalsha re-loads the script (NOSCRIPT) after Redis restarts with an empty script cache.
+        assert self.redis is not None
+        raw = await client.evalsha(GCRA_SCRIPT, keys, args, timeout=self.redis.command_timeout_s)
         all_allowed, rows = raw
         results = [
             (bool(int(row[0])), int(row[1]), int(row[2]) / 1_000_000, int(row[3]) / 1_000_000) for row in rows

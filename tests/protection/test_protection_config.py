@@ -41,6 +41,8 @@ def test_defaults_are_safe() -> None:
         ("cache:\n  redis_timeout_s: 0\n", r"cache\.redis_timeout_s: .*greater than 0.*line 2"),
         ("rate_limit:\n  per_key:\n    rate: 0\n", r"rate_limit\.per_key\.rate: .*line 3"),
         ("rate_limit:\n  trusted_proxies: [nope]\n", r"rate_limit\.trusted_proxies: .*'nope' is not an IP"),
+        ("cache:\n  backend: redis\nredis_url: memcached://h:1\n", r"redis_url: .*scheme 'memcached'.*line 3"),
+        ("redis_url: redis://h:6379/zero\n", r"redis_url: .*database must be a number.*line 1"),
         ("filters:\n  patterns:\n    bad: '('\n", r"filters\.patterns: .*not a valid regular expression"),
     ],
 )
