@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ssl
 import weakref
@@ -360,9 +361,9 @@ class Script:
 
     source: str
 
-    @property
+    @functools.cached_property
     def sha(self) -> str:
-        """Hex SHA1 of the source."""
+        """Hex SHA1 of the source (computed once: the limiter asks for it on every request)."""
         return hashlib.sha1(self.source.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
