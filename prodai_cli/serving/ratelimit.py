@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.cache import RedisGuard
-from prodai_cli.serving.redis_client import Script
+from prodai_cli.serving.redis_client import RedisGuard, Script
 
 if TYPE_CHECKING:
     from prodai_cli.config import LimitRule, ProdaiConfig, RateLimitConfig

@@ -11,7 +11,7 @@ Callers still ``await client.execute(...)`` one command at a time; nothing waits
 a command sent with ``urgent=False`` (the cache's background store), which waits up to
 :data:`DEFERRED_WRITE_S` for another command's write to ride along with.
 
-Failure rules (the callers, :class:`~prodai_cli.serving.cache.RedisGuard`, decide what to do about them):
+Failure rules (the callers, through :class:`RedisGuard`, decide what to do about them):
 
 - a command past its ``timeout`` raises TimeoutError and drops the connection (a half-open socket would
   otherwise swallow every later command); the next command reconnects;
@@ -30,14 +30,22 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import ssl
+import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from prodai_cli.errors import ConfigError
+
+logger = logging.getLogger("prodai.serving")  # the outage lines have always come from this logger
+V = TypeVar("V")
 
 DEFAULT_PORT = 6379
 # How long a non-urgent command (a background cache store) may wait for another command's write.
@@ -333,14 +341,14 @@ class PipelinedRedis:
     def _where(self) -> str:
         return self.address.path or f"{self.address.host}:{self.address.port}"
 
-    def _drop(self) -> None:
+    def _drop(self, reason: str = "Redis connection dropped after a timeout") -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             if protocol.flush is not None:
                 protocol.flush.cancel()
                 protocol.flush = None
             protocol.pending = []
-            protocol.fail(RedisConnectionError("Redis connection dropped after a timeout"))
+            protocol.fail(RedisConnectionError(reason))
             if protocol.transport is not None:
                 protocol.transport.abort()
 
@@ -352,7 +360,7 @@ class PipelinedRedis:
             connecting.cancel()
             with contextlib.suppress(BaseException):
                 await connecting
-        self._drop()
+        self._drop("the Redis client was closed")
 
 
 @dataclass(frozen=True)
@@ -404,3 +412,107 @@ async def release(client: PipelinedRedis) -> None:
                 return
             del clients[client.url]
     await client.aclose()
+
+
+# --------------------------------------------------------------------------------------------- guard
+
+
+class RedisGuard:
+    """A component's use of Redis: a deadline on every operation, and a pause after a failure.
+
+    Operations go through :meth:`run` (or :meth:`execute`) on the event loop's shared, auto-pipelined
+    connection (:func:`shared_client`: the cache and the rate limiter of
+    one process use the same one, so a request's lookup and its limit script leave in one write). Each
+    operation has a deadline of about twice the socket timeout. After a failure the guard reports
+    :attr:`available` False for ``retry_s`` seconds (callers fall back without touching Redis), then lets
+    the next call probe Redis again; that is how a cache or limiter recovers by itself. The guards of one
+    connection keep their own counters and back-off.
+
+    Attributes:
+        errors: Failed operations (connection refused, timeout, error reply...).
+        recoveries: Times an operation succeeded after a failure.
+        last_error: The latest failure, ``"ExcType: message"``, for logs.
+
+    """
+
+    def __init__(self, url: str, *, timeout_s: float, retry_s: float, name: str = "redis") -> None:
+        try:
+            RedisAddress.parse(url)
+        except ValueError as exc:
+            raise ConfigError(f"redis_url: {exc}", hint="e.g. redis://127.0.0.1:6379/0") from None
+        self.url = url
+        self.name = name
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.errors = 0
+        self.recoveries = 0
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._failing = False
+        self._client: PipelinedRedis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def available(self) -> bool:
+        """False while backing off after a failure."""
+        return time.monotonic() >= self._retry_at
+
+    @property
+    def command_timeout_s(self) -> float:
+        """Connect + reply time one command gets (inside :meth:`run`'s deadline, so the client sees it first)."""
+        return self.timeout_s * 2
+
+    def client(self) -> PipelinedRedis:
+        """The running event loop's shared connection to ``url`` (taken on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # A client belongs to one loop; one left on a closed loop goes with it.
+            self._client = shared_client(self.url)
+            self._loop = loop
+        return self._client
+
+    async def execute(self, *args: str | bytes | int | float, urgent: bool = True) -> Any:
+        """One command under :meth:`run`'s rules; its reply (bytes, int, None or a list).
+
+        ``urgent=False``: see :meth:`~prodai_cli.serving.redis_client.PipelinedRedis.execute`.
+        """
+        timeout = self.command_timeout_s
+        return await self.run(lambda client: client.execute(*args, timeout=timeout, urgent=urgent))
+
+    async def run(self, operation: Callable[[PipelinedRedis], Awaitable[V]]) -> V:
+        """Run ``operation(client)`` under the deadline; record success or failure.
+
+        Raises:
+            Exception: Whatever the operation raised, or TimeoutError past the deadline; the caller
+                decides how to fail open.
+
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s * 2 + 0.05):
+                result = await operation(self.client())
+        except Exception as exc:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if not self._failing:
+                # Once per outage, not per request: an outage under load would flood the log.
+                logger.warning(
+                    "%s: Redis failed (%s); falling back, retrying every %.1f s",
+                    self.name,
+                    self.last_error,
+                    self.retry_s,
+                )
+            self._failing = True
+            self._retry_at = time.monotonic() + self.retry_s
+            raise
+        if self._failing:
+            self._failing = False
+            self.recoveries += 1
+            logger.info("%s: Redis is back", self.name)
+        return result
+
+    async def aclose(self) -> None:
+        """Give back the shared connection (the last user closes it; call from the loop that used it)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await release(client)

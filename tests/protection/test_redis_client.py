@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import RedisServer, free_port
 
 from prodai_cli.config import CacheConfig, LimitRule, RateLimitConfig
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.cache import RedisGuard, ResponseCache
+from prodai_cli.serving.cache import ResponseCache
 from prodai_cli.serving.ratelimit import RateLimiter
 from prodai_cli.serving.redis_client import (
     PipelinedRedis,
     RedisAddress,
     RedisConnectionError,
+    RedisGuard,
     RedisReplyError,
     Script,
     release,
@@ -265,24 +265,31 @@ def test_limit_script_and_cache_lookup_of_one_request_share_one_write(redis_serv
 
 @pytest.mark.redis
 def test_shared_clients_are_per_loop_and_closed_by_their_last_user(redis_server: str) -> None:
-    seen: list[Any] = []
+    held: list[PipelinedRedis] = []
 
-    async def scenario() -> None:
+    async def first_loop() -> None:
         first, second = shared_client(redis_server), shared_client(redis_server)
         assert first is second
         await first.execute("PING", timeout=T)
         await release(first)
-        assert first.connected
+        assert first.connected  # one user left
+        held.append(shared_client(redis_server))  # still held when this loop ends
+        assert held[0] is first
         await release(second)
-        assert not first.connected
-        third = shared_client(redis_server)  # a fresh one after the last user left
-        assert third is not first
-        seen.append(third)
-        await release(third)
+        assert first.connected  # the held user keeps it open
 
-    asyncio.run(scenario())
-    asyncio.run(scenario())
-    assert seen[0] is not seen[1]  # another event loop, another client
+    async def second_loop() -> None:
+        other = shared_client(redis_server)
+        assert other is not held[0]  # a client belongs to one event loop, even while another loop holds one
+        await other.execute("PING", timeout=T)
+        await release(other)
+        assert not other.connected  # its last user gave it back: closed
+        again = shared_client(redis_server)
+        assert again is not other  # a fresh one after the last user left
+        await release(again)
+
+    asyncio.run(first_loop())
+    asyncio.run(second_loop())
 
 
 @pytest.mark.redis
