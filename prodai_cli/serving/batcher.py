@@ -1,12 +1,15 @@
 """Dynamic micro-batching: requests that arrive while the model is busy share its next forward pass.
 
-One :class:`MicroBatcher` per loaded model version owns one worker thread (inference never runs on the
-event loop, so health checks and metrics answer while the model is busy). The worker loop is: wait until
-something is queued, optionally wait ``max_wait_ms`` more for the batch to fill, take what is queued (up to
-``max_batch_size`` texts), tokenize it once, cut it into forward passes by length (:func:`plan_forward_passes`:
-within the padded-token budget, splitting where the padding saved outweighs another pass), run them, hand
-each request its outputs as soon as its last text is done, repeat. With no timer by default an idle
-server answers a lone request at once, and a busy one batches exactly the requests that had to wait anyway.
+One :class:`MicroBatcher` per loaded model version queues that version's requests; its rounds run on the
+process's one compute thread (:func:`prodai_cli.runtime.compute.compute_thread`, shared by every model so
+torch keeps one OpenMP team; inference never runs on the event loop, so health checks and metrics answer
+while the model is busy). A round is: optionally wait ``max_wait_ms`` for the batch to fill, take what is
+queued (up to ``max_batch_size`` texts), tokenize it once, cut it into forward passes by length
+(:func:`plan_forward_passes`: within the padded-token budget, splitting where the padding saved outweighs
+another pass), run them, hand each request its outputs as soon as its last text is done. A request that
+arrives while no round is scheduled schedules one; a round that leaves work queued schedules the next,
+behind any other model's round. With no timer by default an idle server answers a lone request at once,
+and a busy one batches exactly the requests that had to wait anyway.
 
 The queue is bounded in texts: a request that does not fit gets :class:`QueueFull` (503 + Retry-After)
 instead of waiting behind a backlog it cannot beat. A request that times out or whose client goes away is
@@ -24,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prodai_cli.runtime.compute import ComputeThread, compute_thread
 from prodai_cli.serving.errors import InferenceTimeout, ModelError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -125,6 +129,7 @@ class MicroBatcher:
         max_wait_ms: Extra time to let a batch fill after the first request arrives; 0 takes what is queued.
         max_queue: Most texts waiting; more get :class:`QueueFull`.
         metrics: Where batch sizes, queue depth and model errors are recorded (optional).
+        compute: The thread that runs the rounds (default: the process's compute thread).
 
     """
 
@@ -137,6 +142,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         metrics: ServerMetrics | None = None,
+        compute: ComputeThread | None = None,
     ) -> None:
         self.runtime = runtime
         self.max_batch_tokens = max_batch_tokens
@@ -149,28 +155,31 @@ class MicroBatcher:
         self._queued_texts = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._scheduled = False  # a round is queued on (or running on) the compute thread
+        self._compute = compute if compute is not None else compute_thread()
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"prodai-batcher-{self.runtime.name}-{self.runtime.version}", daemon=True
-            )
-            self._thread.start()
+        """Start taking requests off the queue (idempotent); until then they wait."""
+        with self._cond:
+            self._started = True
+            self._schedule()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what is queued, and join the worker (up to ``timeout`` seconds).
+        """Refuse new work and finish what is queued (up to ``timeout`` seconds). Not from the compute thread.
 
         Requests still queued when the timeout passes are failed with :class:`BatcherStopped`.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._cond:
+            self._cond.notify_all()  # a round waiting for its batch to fill goes at once
+            while self._scheduled:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             leftovers = list(self._queue)
             self._queue.clear()
             self._set_queued(0)
@@ -206,7 +215,8 @@ class MicroBatcher:
                 raise QueueFull(f"The server is busy ({self._queued_texts} texts queued); retry shortly")
             self._queue.append(request)
             self._set_queued(self._queued_texts + len(texts))
-            self._cond.notify()
+            self._cond.notify()  # a round waiting for its batch to fill (max_wait_ms) counts this one
+            self._schedule()
         # A timer on the request's own future rather than asyncio.wait_for: no extra future and no extra
         # loop turn between the worker's answer and this coroutine (it adds up at one client).
         timer = loop.call_later(timeout, _expire, request.future, timeout)
@@ -228,14 +238,16 @@ class MicroBatcher:
         if self.metrics is not None and delta:
             self.metrics.queue_depth.inc(delta)
 
-    def _take(self) -> list[_Request] | None:
-        """Block until work is queued; return the next round (None when stopping with nothing left)."""
+    def _schedule(self) -> None:
+        """Queue a round on the compute thread if there is work and none is queued. Call with the lock held."""
+        if self._started and not self._scheduled and self._queue:
+            self._scheduled = True
+            self._compute.submit(self._round)
+
+    def _take(self) -> list[_Request]:
+        """The requests of this round (empty when all that was queued had been abandoned)."""
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
-            if not self._queue:
-                return None
-            if self.max_wait_s > 0 and not self._stopping:
+            if self._queue and self.max_wait_s > 0 and not self._stopping:
                 deadline = self._queue[0].enqueued + self.max_wait_s
                 while self._queued_texts < self.max_batch_size and not self._stopping:
                     remaining = deadline - time.monotonic()
@@ -256,18 +268,22 @@ class MicroBatcher:
                 count += len(head.texts)
             return taken
 
-    def _run(self) -> None:
-        while True:
+    def _round(self) -> None:
+        """One round on the compute thread; schedules the next while work is queued."""
+        taken: list[_Request] = []
+        try:
             taken = self._take()
-            if taken is None:
-                return
             if taken:
-                try:
-                    self._process(taken)
-                except BaseException as exc:  # never let the worker die with requests waiting on it
-                    logger.exception("batcher round failed", extra={"model_version": self.runtime.version})
-                    for request in taken:
-                        _deliver(request, error=self._model_error(exc))
+                self._process(taken)
+        except BaseException as exc:  # never leave requests waiting on a round that failed
+            logger.exception("batcher round failed", extra={"model_version": self.runtime.version})
+            for request in taken:
+                _deliver(request, error=self._model_error(exc))
+        finally:
+            with self._cond:
+                self._scheduled = False
+                self._schedule()  # behind any other model's round already queued
+                self._cond.notify_all()  # stop() waits for the last round
 
     def _process(self, taken: list[_Request]) -> None:
         texts = [text for request in taken for text in request.texts]

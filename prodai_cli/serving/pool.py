@@ -1,10 +1,11 @@
 """The models a server holds: several versions loaded at once, each with its own micro-batcher.
 
 Entries are keyed by the model reference they were loaded from; the server pins references to
-``NAME/VERSION`` (or a local directory) before loading, so a key names exactly one version. Loading and
-warming run in a thread so the event loop keeps answering ``/health/live`` (and ``/health/ready`` with 503)
-meanwhile. A/B reloads call :meth:`ModelPool.ensure` for every version the new split names (loaded and
-warmed before it takes traffic) and :meth:`ModelPool.retire` for versions no longer named.
+``NAME/VERSION`` (or a local directory) before loading, so a key names exactly one version. Loading runs
+in a thread of its own and warming on the compute thread, so the event loop keeps answering ``/health/live``
+(and ``/health/ready`` with 503) meanwhile. A/B reloads call :meth:`ModelPool.ensure` for every version
+the new split names (loaded and warmed before it takes traffic) and :meth:`ModelPool.retire` for versions
+no longer named.
 """
 
 from __future__ import annotations
@@ -157,12 +158,17 @@ class ModelPool:
         return model
 
     async def _load(self, model: ServedModel) -> None:
+        from prodai_cli.runtime.compute import compute_thread, run_in_fresh_thread
         from prodai_cli.serving.batcher import MicroBatcher
 
         started = time.perf_counter()
         logger.info("loading model", extra={"model": model.key})
         try:
-            runtime = await asyncio.to_thread(self._load_runtime, model.key)
+            # Load on a thread of its own (other models keep serving meanwhile) that exits afterwards, and
+            # warm up on the compute thread that will run the forward passes: see runtime/compute.py for why
+            # torch work must not be spread over long-lived threads.
+            runtime = await run_in_fresh_thread(self._load_runtime, model.key)
+            await compute_thread().run(runtime.warmup)
         except Exception as exc:
             model.status = "failed"
             model.error = str(exc) or type(exc).__name__
@@ -198,11 +204,7 @@ class ModelPool:
     def _load_runtime(self, key: str) -> ModelRuntime:
         from prodai_cli.runtime import load_runtime
 
-        runtime = load_runtime(
-            key, self.settings, device=self.serving.device, precision=self.serving.precision
-        )
-        runtime.warmup()
-        return runtime
+        return load_runtime(key, self.settings, device=self.serving.device, precision=self.serving.precision)
 
     async def retire(self, key: str, *, timeout: float = 30.0) -> None:
         """Stop routing to ``key``'s version, let its queue drain, and drop it from the pool."""

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,24 +76,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-# Iterations an idle OpenMP worker spins before it sleeps (libgomp's default is 300,000: most of a millisecond).
-SERVING_SPINCOUNT = "10000"
-
-
-def tune_openmp_for_serving() -> None:
-    """Shorten OpenMP's spin-wait in this process (and its workers), unless the user set one.
-
-    torch's CPU kernels run on an OpenMP team whose workers spin after each parallel region before they
-    sleep. In a batch job the next region starts at once and the spin pays off; in a server the team goes
-    idle after every forward pass, and the spinning worker holds a core that the event loop (sending the
-    answer) and the client need: at one client on 2 cores that cost ~5% of req/s. A short spin keeps the
-    regions within one pass fast and frees the core soon after it. Must run before torch is imported.
-    """
-    if "torch" in sys.modules or any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
-        return
-    os.environ["GOMP_SPINCOUNT"] = SERVING_SPINCOUNT
-
-
 def run_server(settings: Settings, *, model: str | None, host: str, port: int, workers: int = 1) -> None:
     """Serve ``model`` until SIGTERM/SIGINT (blocks).
 
@@ -113,7 +94,6 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
 
     from prodai_cli.serving.logging import configure_logging, log_config
 
-    tune_openmp_for_serving()
     monitoring = settings.config.monitoring
     serving = settings.config.serving
     options = {

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import subprocess
 import sys
 
 import pytest
@@ -39,17 +37,3 @@ def test_background_handler_writes_every_record_in_order_and_close_drains_the_qu
     assert [line["n"] for line in lines[:-1]] == list(range(2000))
     assert lines[-1]["msg"] == "failed" and lines[-1]["error"] == "ValueError: boom"
     assert not handler.listener._thread  # the writer thread is gone
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [({}, "10000"), ({"GOMP_SPINCOUNT": "5"}, "5"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None)],
-)
-def test_serve_shortens_openmp_spin_unless_the_user_chose(env: dict[str, str], expected: str | None) -> None:
-    code = (
-        "import os; from prodai_cli.serving.server import tune_openmp_for_serving; tune_openmp_for_serving(); "
-        "print(os.environ.get('GOMP_SPINCOUNT'))"
-    )
-    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(expected)
