@@ -43,15 +43,6 @@ class ComputeThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    @property
-    def ident(self) -> int | None:
-        """The thread's identifier once started (None before)."""
-        return self._thread.ident if self._thread is not None else None
-
-    def in_thread(self) -> bool:
-        """True when called from the compute thread itself."""
-        return self._thread is not None and threading.current_thread() is self._thread
-
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         """Queue ``fn(*args)`` for the compute thread (started on first use).
 
@@ -63,12 +54,6 @@ class ComputeThread:
         self._start()
         self._jobs.put((future, fn, args))
         return future
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the compute thread and wait for it (inline when already on it)."""
-        if self.in_thread():
-            return fn(*args)
-        return self.submit(fn, *args).result()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Await ``fn(*args)`` run on the compute thread, leaving the event loop free meanwhile."""

@@ -101,7 +101,7 @@ def runtime(tiny_classifier_dir: Path) -> ModelRuntime:
     return load_runtime(tiny_classifier_dir)
 
 
-def test_compute_thread_runs_jobs_in_order_survives_errors_and_calls_inline_from_itself() -> None:
+def test_compute_thread_runs_jobs_in_order_on_itself_and_survives_errors() -> None:
     compute = ComputeThread(name="unit")
     seen: list[int] = []
     futures = [compute.submit(seen.append, i) for i in range(50)]
@@ -115,8 +115,6 @@ def test_compute_thread_runs_jobs_in_order_survives_errors_and_calls_inline_from
     with pytest.raises(ValueError, match="bad input"):
         compute.submit(boom).result(timeout=10)
     assert compute.submit(lambda: threading.current_thread().name).result(timeout=10) == "unit"
-    # call() from the compute thread runs inline instead of queueing behind itself (which would deadlock).
-    assert compute.submit(compute.call, lambda: 7 * 6).result(timeout=10) == 42
     assert asyncio.run(compute.run(sum, [1, 2, 3])) == 6
 
 
