@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,76 +26,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class ComputeThread:
-    """A daemon thread that runs submitted callables one at a time, in submission order.
-
-    Args:
-        name: Thread name (shows up in ``py-spy`` and ``/proc/PID/task/*/comm``).
-
-    """
-
-    def __init__(self, name: str = "prodai-compute") -> None:
-        self.name = name
-        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Queue ``fn(*args)`` for the compute thread (started on first use).
-
-        Returns:
-            A future with the call's result or exception.
-
-        """
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._start()
-        self._jobs.put((future, fn, args))
-        return future
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Await ``fn(*args)`` run on the compute thread, leaving the event loop free meanwhile."""
-        return await asyncio.wrap_future(self.submit(fn, *args))
-
-    def _start(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-                thread.start()
-                self._thread = thread
-
-    def _serve(self) -> None:
-        while True:
-            future, fn, args = self._jobs.get()
-            _complete(future, fn, args)  # the thread outlives any one job's exception
-
-
-def _complete(future: concurrent.futures.Future[T], fn: Callable[..., T], args: tuple[Any, ...]) -> None:
-    """Run ``fn(*args)`` into ``future`` (unless it was cancelled before it started)."""
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        result = fn(*args)
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
-_compute: ComputeThread | None = None
+_compute: concurrent.futures.ThreadPoolExecutor | None = None
 _compute_lock = threading.Lock()
 
 
-def compute_thread() -> ComputeThread:
-    """The process's compute thread: every forward pass (and warm-up) of a long-lived process goes here."""
+def compute_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's compute thread (a one-thread executor): every forward pass and warm-up goes here."""
     global _compute
     if _compute is None:
         with _compute_lock:
             if _compute is None:
-                _compute = ComputeThread()
+                _compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodai-compute")
     return _compute
 
 
@@ -111,17 +51,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-async def run_in_fresh_thread(fn: Callable[..., T], *args: Any, name: str = "prodai-loader") -> T:
+async def run_in_fresh_thread(fn: Callable[..., T], *args: Any) -> T:
     """Await ``fn(*args)`` run on a new thread that exits afterwards, taking its OpenMP team with it.
 
     For one-off torch work that must neither block the compute thread (loading a model while another one
     serves) nor leave a second OpenMP team behind, as a pooled executor thread would.
     """
-    future: concurrent.futures.Future[T] = concurrent.futures.Future()
-    thread = threading.Thread(target=_complete, args=(future, fn, args), name=name, daemon=True)
-    thread.start()
-    result = await asyncio.wrap_future(future)
-    # The team is released as the thread exits, just after the result; wait for it (off the event loop)
-    # so the first forward passes on the compute thread are not throttled by it.
-    await asyncio.to_thread(thread.join)
+    loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodai-loader")
+    try:
+        result = await asyncio.get_running_loop().run_in_executor(loader, fn, *args)
+    except BaseException:
+        loader.shutdown(wait=False)  # a failed or cancelled load must not hold up the caller
+        raise
+    # Joining the thread (off the event loop) means its team is gone before the compute thread's first passes.
+    await asyncio.to_thread(loader.shutdown)
     return result

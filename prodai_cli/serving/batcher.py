@@ -27,10 +27,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.runtime.compute import ComputeThread, compute_thread
+from prodai_cli.runtime.compute import compute_thread
 from prodai_cli.serving.errors import InferenceTimeout, ModelError, ServiceUnavailable
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from prodai_cli.runtime import ModelRuntime
     from prodai_cli.serving.metrics import ServerMetrics
 
@@ -129,7 +131,7 @@ class MicroBatcher:
         max_wait_ms: Extra time to let a batch fill after the first request arrives; 0 takes what is queued.
         max_queue: Most texts waiting; more get :class:`QueueFull`.
         metrics: Where batch sizes, queue depth and model errors are recorded (optional).
-        compute: The thread that runs the rounds (default: the process's compute thread).
+        compute: A one-thread executor that runs the rounds (default: the process's compute thread).
 
     """
 
@@ -142,7 +144,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         metrics: ServerMetrics | None = None,
-        compute: ComputeThread | None = None,
+        compute: Executor | None = None,
     ) -> None:
         self.runtime = runtime
         self.max_batch_tokens = max_batch_tokens

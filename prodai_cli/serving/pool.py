@@ -168,7 +168,7 @@ class ModelPool:
             # warm up on the compute thread that will run the forward passes: see runtime/compute.py for why
             # torch work must not be spread over long-lived threads.
             runtime = await run_in_fresh_thread(self._load_runtime, model.key)
-            await compute_thread().run(runtime.warmup)
+            await asyncio.get_running_loop().run_in_executor(compute_thread(), runtime.warmup)
         except Exception as exc:
             model.status = "failed"
             model.error = str(exc) or type(exc).__name__
