@@ -9,7 +9,6 @@ validates the result before anything is written, and replaces the file atomicall
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import re
@@ -856,13 +855,11 @@ def write_atomic(path: Path, text: str) -> None:
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``<path>.lock`` (serialises concurrent editors)."""
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    # filelock rather than fcntl: the same flock(2) on POSIX, and the module still imports on Windows.
+    from filelock import FileLock
+
+    with FileLock(path.with_name(path.name + ".lock")):
+        yield
 
 
 @dataclass(frozen=True)

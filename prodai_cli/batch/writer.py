@@ -15,13 +15,14 @@ up in the output exactly once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from filelock import BaseFileLock, FileLock, Timeout
 
 from prodai_cli.batch.reader import sibling
 from prodai_cli.errors import InputError, UsageError
@@ -74,7 +75,7 @@ class ResumableWriter:
         self.runs = 1
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
-        self._lock: IO[str] | None = None
+        self._lock: BaseFileLock | None = None
 
     # ------------------------------------------------------------------------------------ opening
     def open(self) -> JobProgress:
@@ -87,15 +88,15 @@ class ResumableWriter:
         """
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.lock_path, "a+")  # noqa: SIM115 - held for the job, released in close()
-        except OSError as exc:
-            raise InputError(f"Cannot write beside {self.output}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
+            # filelock: flock(2) on POSIX like before, and portable; held for the job, released in close().
+            self._lock = FileLock(self.lock_path)
+            self._lock.acquire(blocking=False)
+        except Timeout:
             self._lock = None
             raise UsageError(f"Another prodai batch is writing {self.output} right now") from None
+        except OSError as exc:
+            self._lock = None
+            raise InputError(f"Cannot write beside {self.output}: {exc.strerror or exc}") from None
         try:
             self._open_files()
         except BaseException:
@@ -199,8 +200,7 @@ class ResumableWriter:
         if self._lock is not None:
             with contextlib.suppress(OSError):
                 self.lock_path.unlink()
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def _write_manifest(self, status: str) -> None:
