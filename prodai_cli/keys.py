@@ -30,10 +30,10 @@ from prodai_cli.config import (
     ApiKeyRecord,
     Scope,
     Settings,
-    _yaml,
     edit_config,
     file_lock,
     parse_config_text,
+    round_trip_yaml,
     write_atomic,
 )
 from prodai_cli.errors import ConfigError, ProdaiError, UsageError
@@ -274,7 +274,7 @@ def _edit_keys_file(path: Path, mutate: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path):
         before = path.read_text(encoding="utf-8") if path.exists() else ""
-        yaml = _yaml()
+        yaml = round_trip_yaml()
         try:
             doc = yaml.load(before) if before.strip() else None
         except YAMLError as exc:

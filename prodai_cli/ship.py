@@ -409,8 +409,8 @@ def ship(
         DeployError: ``--target docker`` without a reachable Docker engine.
 
     """
-    from prodai_cli.loadtest.slo import parse_duration, parse_slos
     from prodai_cli.registry import Registry, _check_alias
+    from prodai_cli.slo import parse_duration, parse_slos
 
     if target not in TARGETS:
         raise UsageError(f"Unknown target {target!r}; choose local or docker")
@@ -571,7 +571,7 @@ def _loadtest(
 
 
 def _loadtest_line(loadtest: dict[str, Any]) -> str:
-    from prodai_cli.loadtest.slo import parse_slo
+    from prodai_cli.slo import parse_slo
 
     shown = []
     for slo in loadtest.get("slos") or []:

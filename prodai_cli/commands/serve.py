@@ -45,7 +45,8 @@ def command(
     loaded = settings(ctx)
     serving = loaded.config.serving
     from prodai_cli.serving.app import served_model_ref
-    from prodai_cli.serving.server import pin_model_ref, run_server
+    from prodai_cli.serving.pool import pin_model_ref
+    from prodai_cli.serving.server import run_server
 
     ab = loaded.config.ab
     pinned: str | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from prodai_cli.errors import UsageError
-from prodai_cli.loadtest.slo import Slo, parse_duration, parse_slos
+from prodai_cli.slo import Slo, parse_duration, parse_slos
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings

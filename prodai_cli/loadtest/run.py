@@ -42,7 +42,7 @@ from locust.runners import WorkerRunner
 from locust.stats import RequestStats, StatsEntry, StatsError
 
 from prodai_cli.loadtest import locustfile
-from prodai_cli.loadtest.slo import percentile_key
+from prodai_cli.slo import percentile_key
 
 CSV_PREFIX = "locust"
 HTML_REPORT = "report.html"

@@ -24,8 +24,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prodai_cli.errors import ProdaiError
 from prodai_cli.loadtest.plan import LoadtestPlan
-from prodai_cli.loadtest.slo import SloResult, percentiles_for
 from prodai_cli.loadtest.summary import build_summary, write_summary
+from prodai_cli.slo import SloResult, percentiles_for
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings

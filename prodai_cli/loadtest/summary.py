@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.loadtest.slo import SloResult, evaluate
+from prodai_cli.slo import SloResult, evaluate
 
 if TYPE_CHECKING:
     from prodai_cli.loadtest.plan import LoadtestPlan

@@ -270,3 +270,11 @@ class ABRouter:
             if self.cascade is None
             else {"small": self.cascade.small, "large": self.cascade.large, "threshold": self.cascade.threshold},
         }
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The router snapshot a request was routed with, and the variant it was assigned."""
+
+    router: ABRouter
+    variant: Variant

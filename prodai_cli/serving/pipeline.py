@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from prodai_cli.serving.ab import Assignment
     from prodai_cli.serving.pool import ModelPool, ServedModel
-    from prodai_cli.serving.routing import Assignment
     from prodai_cli.serving.schemas import RequestModels
 
 logger = logging.getLogger("prodai.serving.request")

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -221,3 +222,25 @@ class ModelPool:
         """Retire every entry (server shutdown)."""
         for key in list(self._models):
             await self.retire(key, timeout=timeout)
+
+
+def pin_model_ref(settings: Settings, ref: str) -> str:
+    """Turn a reference into the exact thing every worker loads: a directory, or ``NAME/VERSION``.
+
+    Raises:
+        UsageError: Not a directory and not a model reference.
+        ModelNotFoundError: Unknown model, version or alias.
+
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    from prodai_cli.refs import parse_model_ref
+
+    parsed = parse_model_ref(ref)
+    if parsed.version is not None:
+        return model_key(parsed.name, parsed.version)
+    from prodai_cli.registry import Registry
+
+    info = Registry(settings).get_version(parsed)
+    return model_key(info.name, info.version)

@@ -115,7 +115,7 @@ def resolve_router(settings: Settings, config: ProdaiConfig) -> ABRouter:
     from prodai_cli.refs import parse_model_ref
     from prodai_cli.registry import Registry
     from prodai_cli.serving.ab import ABRouter
-    from prodai_cli.serving.server import pin_model_ref
+    from prodai_cli.serving.pool import pin_model_ref
 
     live = Settings(config=config, path=settings.path, root=settings.root)
     ab = config.ab

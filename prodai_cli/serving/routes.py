@@ -1,7 +1,7 @@
 """The server's endpoints: predictions, health probes and metrics.
 
 Handlers stay thin: predictions go through :class:`~prodai_cli.serving.pipeline.PredictPipeline`, probes
-read :class:`~prodai_cli.serving.app.ServerState`.
+read :class:`~prodai_cli.serving.state.ServerState`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import Receive, Scope, Send
 
-    from prodai_cli.serving.app import ServerState
     from prodai_cli.serving.pipeline import Kind, PredictPipeline
+    from prodai_cli.serving.state import ServerState
 
 PREDICT_ROUTES = ("/predict", "/predict/batch")
 HEALTH_ROUTES = ("/health", "/health/live", "/health/ready")

@@ -25,10 +25,10 @@ version's breaker is open or half-open; the deploy alert rules read it).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.serving.ab import ESCALATIONS_METRIC, FALLBACKS_METRIC
+from prodai_cli.serving.ab import ESCALATIONS_METRIC, FALLBACKS_METRIC, Assignment
 from prodai_cli.serving.batcher import BatcherStopped, QueueFull
 from prodai_cli.serving.breaker import BreakerState, RetryPolicy, retry_async
 from prodai_cli.serving.errors import InferenceTimeout, ModelError, ServiceUnavailable
@@ -47,14 +47,6 @@ logger = logging.getLogger("prodai.serving.ab")
 BREAKER_METRIC = "prodai_breaker_open"
 # A momentarily full queue is the one failure a short wait cures; everything else would fail again.
 QUEUE_RETRY = RetryPolicy(attempts=3, base_delay_s=0.02, max_delay_s=0.2)
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The router snapshot a request was routed with, and the variant it was assigned."""
-
-    router: ABRouter
-    variant: Variant
 
 
 class ABMetrics:

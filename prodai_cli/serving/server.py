@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prodai_cli.errors import ProdaiError
@@ -32,29 +31,6 @@ FACTORY = "prodai_cli.serving.app:factory"
 
 class ServeError(ProdaiError):
     """The server could not start or stopped because its model did not load."""
-
-
-def pin_model_ref(settings: Settings, ref: str) -> str:
-    """Turn a reference into the exact thing every worker loads: a directory, or ``NAME/VERSION``.
-
-    Raises:
-        UsageError: Not a directory and not a model reference.
-        ModelNotFoundError: Unknown model, version or alias.
-
-    """
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    from prodai_cli.refs import parse_model_ref
-    from prodai_cli.serving.pool import model_key
-
-    parsed = parse_model_ref(ref)
-    if parsed.version is not None:
-        return model_key(parsed.name, parsed.version)
-    from prodai_cli.registry import Registry
-
-    info = Registry(settings).get_version(parsed)
-    return model_key(info.name, info.version)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

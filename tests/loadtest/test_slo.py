@@ -6,7 +6,7 @@ import pytest
 
 from prodai_cli.config import ConfigError, parse_config_text
 from prodai_cli.errors import EXIT_USAGE, UsageError
-from prodai_cli.loadtest.slo import evaluate, parse_duration, parse_slo, parse_slos, percentiles_for
+from prodai_cli.slo import evaluate, parse_duration, parse_slo, parse_slos, percentiles_for
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from prodai_cli.loadtest.plan import LoadtestPlan, Target
-from prodai_cli.loadtest.slo import parse_slos
 from prodai_cli.loadtest.summary import build_summary, endpoints, mlflow_fields, variants, write_summary
+from prodai_cli.slo import parse_slos
 
 
 def _row(name: str, requests: int, failures: int, p95: float | None = 10.0) -> dict[str, Any]:

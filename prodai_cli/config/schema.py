@@ -1,26 +1,17 @@
-"""prodai.yaml: the pydantic model of the project's one config file, its loader and its atomic editor.
+"""The schema of prodai.yaml: one pydantic section per component, and :class:`Settings` around it.
 
-Loading keeps ruamel's line information so a validation error names the key path *and* the line
-(``serving.port: Input should be less than or equal to 65535 (prodai.yaml line 7)``). Editing goes
-through :func:`edit_config`, which round-trips the YAML (the user's comments and layout survive),
-validates the result before anything is written, and replaces the file atomically under a lock.
+Every key, its default and its description live here; ``prodai init`` renders the documented file from
+this model (:mod:`prodai_cli.config.render`), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from prodai_cli.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONFIG_FILENAME = "prodai.yaml"
 STATE_DIRNAME = ".prodai"
@@ -488,7 +479,7 @@ class LoadtestConfig(Section):
     @classmethod
     def _is_duration(cls, value: str, info: Any) -> str:
         from prodai_cli.errors import UsageError
-        from prodai_cli.loadtest.slo import parse_duration
+        from prodai_cli.slo import parse_duration
 
         try:
             parse_duration(value, what=info.field_name, allow_zero=info.field_name == "warmup")
@@ -500,7 +491,7 @@ class LoadtestConfig(Section):
     @classmethod
     def _are_slos(cls, value: list[str]) -> list[str]:
         from prodai_cli.errors import UsageError
-        from prodai_cli.loadtest.slo import parse_slo
+        from prodai_cli.slo import parse_slo
 
         for text in value:
             try:
@@ -588,7 +579,7 @@ class ProdaiConfig(Section):
     def _redis_url(cls, value: str | None) -> str | None:
         if not value:
             return None
-        from prodai_cli.serving.redis_client import RedisAddress
+        from prodai_cli.redis_url import RedisAddress
 
         RedisAddress.parse(value)  # ValueError says what is wrong; the loader adds the key and line
         return value
@@ -632,357 +623,3 @@ class Settings:
         """Resolve a path from the config relative to the config's directory."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.root / path
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """Locate prodai.yaml: ``--config``, then ``$PRODAI_CONFIG``, then ``./prodai.yaml``.
-
-    An explicit path (option or variable) that does not exist is an error; a missing ``./prodai.yaml``
-    means "embedded defaults".
-    """
-    for source, value in (("--config", explicit), (ENV_CONFIG, os.environ.get(ENV_CONFIG))):
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"Config file {path} (from {source}) does not exist")
-            return path
-    default = Path.cwd() / CONFIG_FILENAME
-    return default if default.is_file() else None
-
-
-def _yaml() -> Any:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.representer import RoundTripRepresenter
-
-    class _Representer(RoundTripRepresenter):
-        """Round-trip representer that writes None as ``null`` (ruamel's default leaves ``key:`` empty)."""
-
-    _Representer.add_representer(
-        type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    yaml = YAML(typ="rt")
-    yaml.Representer = _Representer
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    return yaml
-
-
-def _line_of(doc: Any, loc: tuple[str | int, ...]) -> int | None:
-    """1-based line of the deepest node on ``loc`` that ruamel recorded a position for."""
-    line: int | None = None
-    node = doc
-    for part in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if isinstance(part, int) and isinstance(node, list):
-                if lc is not None:
-                    line = lc.item(part)[0] + 1
-                node = node[part]
-            elif isinstance(node, dict) and part in node:
-                if lc is not None:
-                    line = lc.key(part)[0] + 1
-                node = node[part]
-            else:
-                break
-        except (KeyError, IndexError, TypeError):
-            break
-    return line
-
-
-def _format_validation_error(exc: ValidationError, doc: Any, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "Unknown key (not part of prodai.yaml's schema)"
-        where = _line_of(doc, loc) if doc is not None else None
-        suffix = f" ({source} line {where})" if where else f" ({source})"
-        lines.append(f"{key}: {msg}{suffix}")
-    return "\n".join(lines)
-
-
-def _env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """``PRODAI_SECTION__KEY=value`` (and the short aliases) as a nested dict; values parsed as YAML."""
-    import yaml as pyyaml
-
-    environ = dict(os.environ if environ is None else environ)
-    overrides: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
-            continue
-        if name in ENV_ALIASES:
-            path: tuple[str, ...] = ENV_ALIASES[name]
-        elif "__" in name:
-            path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
-        else:
-            continue
-        try:
-            value = pyyaml.safe_load(raw) if raw else None
-        except pyyaml.YAMLError:
-            value = raw
-        target = overrides
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-        target[path[-1]] = value
-    return overrides
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_config_text(text: str, source: str = CONFIG_FILENAME, *, env: bool = False) -> ProdaiConfig:
-    """Validate YAML text as a prodai config.
-
-    Args:
-        text: The YAML document.
-        source: File name used in error messages.
-        env: Apply ``PRODAI_*`` environment overrides on top.
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: Malformed YAML or a value that fails validation; the message names key and line.
-
-    """
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    try:
-        doc = _yaml().load(text) if text.strip() else None
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{where}: {exc.problem}") from None
-    except YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(doc).__name__}")
-    data = _plain(doc)
-    if env:
-        data = _merge(data, _env_overrides())
-    try:
-        return ProdaiConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"Invalid configuration:\n{_format_validation_error(exc, doc, source)}",
-            hint="Run `prodai config validate` after fixing; `prodai init` writes a documented example",
-        ) from None
-
-
-def _plain(node: Any) -> Any:
-    """Ruamel's commented containers as plain dicts and lists (pydantic wants plain data)."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
-def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
-    """Find, read and validate the config (with environment overrides).
-
-    Args:
-        explicit: The ``--config`` option, if given.
-
-    Returns:
-        Settings on the file found, or on embedded defaults rooted at the working directory.
-
-    """
-    path = find_config_path(explicit)
-    if path is None:
-        overrides = _env_overrides()
-        try:
-            config = ProdaiConfig.model_validate(overrides)
-        except ValidationError as exc:
-            raise ConfigError(
-                f"Invalid configuration from the environment:\n{_format_validation_error(exc, None, 'env')}"
-            ) from None
-        return Settings(config=config, path=None, root=Path.cwd())
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read {path}: {exc}") from None
-    config = parse_config_text(text, source=path.name, env=True)
-    return Settings(config=config, path=path.resolve(), root=path.resolve().parent)
-
-
-# --------------------------------------------------------------------------------------------- writing
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the new one, never a mix.
-
-    Writes a temp file in the same directory, fsyncs it, ``os.replace`` s it over the target and fsyncs
-    the directory, keeping the original file's permissions.
-    """
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``<path>.lock`` (serialises concurrent editors)."""
-    # filelock rather than fcntl: the same flock(2) on POSIX, and the module still imports on Windows.
-    from filelock import FileLock
-
-    with FileLock(path.with_name(path.name + ".lock")):
-        yield
-
-
-@dataclass(frozen=True)
-class ConfigEdit:
-    """The outcome of :func:`edit_config`."""
-
-    before: str
-    after: str
-    config: ProdaiConfig
-    written: bool
-
-
-def edit_config(path: Path, mutate: Callable[[Any], None], *, dry_run: bool = False) -> ConfigEdit:
-    """Edit prodai.yaml in place, keeping comments and layout; validate, then write atomically.
-
-    Args:
-        path: The config file (created empty if missing).
-        mutate: Called with the round-trip YAML document (a ruamel ``CommentedMap``) to change it.
-        dry_run: Validate and compute the new text but do not write it.
-
-    Returns:
-        The text before and after and the validated new config.
-
-    Raises:
-        ConfigError: The edited document fails validation; nothing is written.
-
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path):
-        before = path.read_text(encoding="utf-8") if path.exists() else ""
-        yaml = _yaml()
-        from ruamel.yaml.error import YAMLError
-
-        try:
-            doc = yaml.load(before) if before.strip() else None
-        except YAMLError:
-            parse_config_text(before, source=path.name)  # raises ConfigError naming the line
-            raise
-        if doc is None:
-            from ruamel.yaml.comments import CommentedMap
-
-            doc = CommentedMap()
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path.name}: the top level must be a mapping of sections, got {type(doc).__name__}")
-        mutate(doc)
-        buffer = io.StringIO()
-        yaml.dump(doc, buffer)
-        after = buffer.getvalue()
-        config = parse_config_text(after, source=path.name)
-        if not dry_run and after != before:
-            write_atomic(path, after)
-        return ConfigEdit(before=before, after=after, config=config, written=not dry_run and after != before)
-
-
-# --------------------------------------------------------------------------------------------- rendering
-
-_SECRET_WORDS = ("password", "secret", "token")
-
-
-def mask_secrets(data: Any, key: str = "") -> Any:
-    """Mask values that are secrets (key hashes, passwords in URLs) for display."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    if isinstance(data, dict):
-        return {k: mask_secrets(v, k) for k, v in data.items()}
-    if isinstance(data, list):
-        return [mask_secrets(v, key) for v in data]
-    if isinstance(data, str):
-        if key == "hash" or any(word in key.lower() for word in _SECRET_WORDS):
-            return "****"
-        if "://" in data and "@" in data:
-            parts = urlsplit(data)
-            if parts.password:
-                netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-                return urlunsplit(parts._replace(netloc=netloc))
-    return data
-
-
-def render_default_config() -> str:
-    """The commented prodai.yaml that ``prodai init`` writes (and prodai.yaml.example holds).
-
-    Generated from the pydantic model so the documented file can never drift from the schema.
-    """
-    import json
-
-    out: list[str] = [
-        "# prodai.yaml: configuration of prodai (https://github.com/prodai/prodai).",
-        "# Every key is optional; the values shown are the defaults. Override any key with an",
-        "# environment variable PRODAI_SECTION__KEY (e.g. PRODAI_SERVING__PORT=9000).",
-        "",
-    ]
-
-    def scalar(value: Any) -> str:
-        if value is None:
-            return "null"
-        if isinstance(value, str):
-            return json.dumps(value)
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (list, dict)):
-            return json.dumps(value)
-        return str(value)
-
-    def emit(model: type[BaseModel], instance: BaseModel, indent: int) -> None:
-        pad = "  " * indent
-        for name, field in model.model_fields.items():
-            value = getattr(instance, name)
-            doc = field.description or ""
-            if isinstance(value, BaseModel):
-                if indent == 0:
-                    out.append("")
-                out.append(f"{pad}# {doc}" if doc else f"{pad}#")
-                out.append(f"{pad}{name}:")
-                emit(type(value), value, indent + 1)
-            else:
-                dumped = value.model_dump() if isinstance(value, BaseModel) else value
-                if isinstance(dumped, dict):
-                    dumped = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in dumped.items()}
-                if isinstance(dumped, list):
-                    dumped = [v.model_dump() if isinstance(v, BaseModel) else v for v in dumped]
-                line = f"{pad}{name}: {scalar(dumped)}"
-                out.append(f"{line}  # {doc}" if doc else line)
-
-    emit(ProdaiConfig, ProdaiConfig(), 0)
-    return "\n".join(out).rstrip() + "\n"

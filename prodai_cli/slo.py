@@ -1,6 +1,7 @@
 """SLO expressions and durations: ``p95 < 200ms``, ``error_rate < 1%``, ``rps > 50``, ``30s``, ``2m``.
 
-Pure Python, no Locust: the config validator, the CLI and the verdict all use it.
+Pure Python on the ground floor (it imports only errors), because the config validator below every
+feature, the load test, ship's gate and the verdict all use it.
 
 Grammar (case-insensitive, spaces optional)::
 

@@ -1,0 +1,52 @@
+"""Atomic file replacement and advisory locks: the two I/O rules every config and state writer follows.
+
+A reader sees the old file or the new one, never a mix (:func:`write_atomic`); two editors take turns
+(:func:`file_lock`, on filelock so it works on Windows too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the new one, never a mix.
+
+    Writes a temp file in the same directory, fsyncs it, ``os.replace`` s it over the target and fsyncs
+    the directory, keeping the original file's permissions.
+    """
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``<path>.lock`` (serialises concurrent editors)."""
+    # filelock rather than fcntl: the same flock(2) on POSIX, and the module still imports on Windows.
+    from filelock import FileLock
+
+    with FileLock(path.with_name(path.name + ".lock")):
+        yield
