@@ -7,16 +7,23 @@ Tree::
 
     ProdaiError                exit 1  anything prodai reports on purpose
     ├── UsageError             exit 2  bad arguments or options
-    │   └── ConfigError        exit 2  prodai.yaml missing, malformed or invalid (names key and line)
+    │   ├── ConfigError        exit 2  prodai.yaml missing, malformed or invalid (names key and line)
+    │   └── ResumeRefusedError exit 2  an existing batch output belongs to another input, model or settings
     ├── RegistryError          exit 1  the model registry refused or failed an operation
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
     │   └── InvalidModelError  exit 1  a directory that is not a loadable transformers model
     ├── InputError             exit 1  an input file that cannot be read
     ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
-    └── DeployError            exit 1  an image build, a container or the Docker engine failed
+    │   └── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
+    ├── DeployError            exit 1  an image build, a container or the Docker engine failed
+    ├── ServeError             exit 1  the server could not start, or stopped because its model did not load
+    ├── ReloadRejected         exit 1  a new config is valid but cannot be served (a version does not load)
+    └── ShipFailed             exit 1  a step of ship's gate failed (ship records it in its report)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,3 +82,33 @@ class ThresholdError(ProdaiError):
 
 class DeployError(ProdaiError):
     """Building an image, starting a container or reaching the Docker engine failed."""
+
+
+class ResumeRefusedError(UsageError):
+    """An existing output belongs to a different input, model version or settings."""
+
+
+class ErrorRateExceededError(ThresholdError):
+    """The job finished, every good line was predicted, but too many lines were bad.
+
+    Attributes:
+        summary: The job's :class:`~prodai_cli.batch.engine.BatchSummary` (typed loosely: this module sits
+            below the batch package).
+
+    """
+
+    def __init__(self, message: str, summary: Any) -> None:
+        super().__init__(message, hint="The good lines were all predicted; fix the input or raise --max-error-rate")
+        self.summary = summary
+
+
+class ServeError(ProdaiError):
+    """The server could not start or stopped because its model did not load."""
+
+
+class ReloadRejected(ProdaiError):
+    """The new config is valid YAML and schema but cannot be served (a version does not load)."""
+
+
+class ShipFailed(ProdaiError):
+    """A step of the gate failed (caught by :func:`~prodai_cli.ship.ship`, which records it in the report)."""

@@ -13,7 +13,6 @@ Revoking keeps the record with ``revoked: true``: the server can then answer "re
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -31,10 +30,8 @@ from prodai_cli.config import (
     Scope,
     Settings,
     edit_config,
-    file_lock,
+    edit_yaml,
     parse_config_text,
-    round_trip_yaml,
-    write_atomic,
 )
 from prodai_cli.errors import ConfigError, ProdaiError, UsageError
 
@@ -268,34 +265,25 @@ def _append_record(parent: Any, field: str, record: ApiKeyRecord) -> None:
 
 def _edit_keys_file(path: Path, mutate: Callable[[Any], None]) -> None:
     """Round-trip edit of a keys file: lock, mutate, validate, atomic replace."""
-    from ruamel.yaml.comments import CommentedMap
-    from ruamel.yaml.error import YAMLError
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path):
-        before = path.read_text(encoding="utf-8") if path.exists() else ""
-        yaml = round_trip_yaml()
+    def validate(text: str) -> None:
+        import yaml as pyyaml
+
         try:
-            doc = yaml.load(before) if before.strip() else None
-        except YAMLError as exc:
+            KeysFile.model_validate(pyyaml.safe_load(text) or {})
+        except pyyaml.YAMLError as exc:
             raise ConfigError(f"Keys file {path} is not valid YAML: {exc}") from None
-        if doc is None:
-            doc = CommentedMap()
-            doc.yaml_set_start_comment("API key hashes for prodai (prodai keys create/list/revoke). No keys here.")
-        if not isinstance(doc, dict):
-            raise ConfigError(f"Keys file {path}: the top level must be a mapping with a `keys` list")
-        mutate(doc)
-        buffer = io.StringIO()
-        yaml.dump(doc, buffer)
-        after = buffer.getvalue()
-        try:
-            import yaml as pyyaml
-
-            KeysFile.model_validate(pyyaml.safe_load(after) or {})
         except ValidationError as exc:
             raise ConfigError(f"Keys file {path} would be invalid: {exc.errors()[0]['msg']}") from None
-        if after != before:
-            write_atomic(path, after)
+
+    def new_document() -> Any:
+        from ruamel.yaml.comments import CommentedMap
+
+        doc = CommentedMap()
+        doc.yaml_set_start_comment("API key hashes for prodai (prodai keys create/list/revoke). No keys here.")
+        return doc
+
+    edit_yaml(path, mutate, validate, what=f"Keys file {path}", new_document=new_document)
 
 
 def _edit_keys(settings: Settings, mutate: Callable[[Any], None]) -> Path:
@@ -413,3 +401,87 @@ def revoke_key(settings: Settings, name: str) -> RevokedKey:
     stored_in = _edit_keys(settings, revoke)
     already_revoked, record = found[0]
     return RevokedKey(record=record, already_revoked=already_revoked, stored_in=stored_in)
+
+
+@dataclass(frozen=True)
+class DeletedKey:
+    """The outcome of :func:`delete_key`."""
+
+    name: str
+    was_revoked: bool
+    stored_in: Path
+
+
+def delete_key(settings: Settings, name: str) -> DeletedKey:
+    """Remove the record of key ``name``; the server then answers "invalid key" instead of "revoked".
+
+    The comments around the list survive (the same locked, validated round-trip edit as every other).
+
+    Raises:
+        ProdaiError: No key has that name.
+
+    """
+    found: list[bool] = []
+
+    def delete(container: Any) -> None:
+        for raw in _records_in(container):
+            if isinstance(raw, dict) and raw.get("name") == name:
+                found.append(bool(raw.get("revoked", False)))
+                _drop_record(container, name)
+                return
+        raise ProdaiError(f"No key named {name!r}", hint="See the names with: prodai keys list")
+
+    stored_in = _edit_keys(settings, delete)
+    return DeletedKey(name=name, was_revoked=found[0], stored_in=stored_in)
+
+
+def _drop_record(container: Any, name: str) -> None:
+    """Delete the key record ``name`` from ``container["keys"]``, keeping the comments around the list.
+
+    ruamel attaches the comment that follows a block (the next section's heading) to the last scalar in it,
+    so removing the last record moves that comment to the new last one, or, when the list empties, back
+    onto ``keys: []`` the way ``prodai init`` wrote it (the inverse of what ``keys create`` does).
+    """
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    records = container.get("keys")
+    if not isinstance(records, list):
+        return
+    index = next((i for i, raw in enumerate(records) if isinstance(raw, dict) and raw.get("name") == name), None)
+    if index is None:
+        return
+    removed = records[index]
+    trailing = None
+    if index == len(records) - 1 and isinstance(removed, CommentedMap) and len(removed):
+        entry = removed.ca.items.get(next(reversed(removed)))
+        trailing = entry[2] if entry and len(entry) > 2 else None
+    del records[index]
+    if not records and trailing is None and isinstance(container, CommentedMap):
+        entry = container.ca.items.get("keys")
+        if not (entry and len(entry) > 2 and entry[2] is not None):
+            # Nothing to keep on the line: the list was made for the probe key, so it goes with it.
+            del container["keys"]
+            return
+    if trailing is None:
+        return
+    if records:
+        last = records[-1]
+        if isinstance(last, CommentedMap) and len(last):
+            last_key = next(reversed(last))
+            entry = last.ca.items.setdefault(last_key, [None, None, None, None])
+            entry[2] = trailing
+        return
+    empty = CommentedSeq()
+    container["keys"] = empty
+    entry = container.ca.items.get("keys") if isinstance(container, CommentedMap) else None
+    head = entry[2] if entry and len(entry) > 2 else None
+    if head is not None:
+        # A block list's head comment sits 3 columns left of where it goes after `[]`.
+        token = CommentToken(head.value.rstrip("\n") + trailing.value, CommentMark(head.start_mark.column + 3), None)
+    else:
+        token = trailing
+    if isinstance(container, CommentedMap):
+        container.ca.items["keys"] = [None, None, token, None]
+        empty.ca.comment = [token, None]

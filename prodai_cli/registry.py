@@ -289,7 +289,7 @@ class Registry:
         if task not in TASKS:
             raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}")
         for alias in aliases or []:
-            _check_alias(alias)
+            validate_alias(alias)
         pipeline = validate_model_dir(model_dir, task)
         experiment_id = self.experiment_id()
         import mlflow
@@ -325,7 +325,7 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at ``version``; return the version it pointed at before (None if new)."""
-        _check_alias(alias)
+        validate_alias(alias)
         current = self.get_version(ModelRef(name=name, version=version))
         previous: int | None = None
         with self._errors(f"Moving alias {alias}"):
@@ -550,10 +550,18 @@ class Registry:
         return run_id
 
 
-def _check_alias(alias: str) -> None:
+def validate_alias(alias: str) -> None:
+    """Refuse an alias MLflow would reject or that reads like a version (``v1``).
+
+    Raises:
+        UsageError: The alias is not valid.
+
+    """
     import re
 
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", alias) or re.fullmatch(r"[vV][0-9]+", alias):
+    from prodai_cli.config import AB_ALIAS_PATTERN
+
+    if not re.fullmatch(AB_ALIAS_PATTERN, alias) or re.fullmatch(r"[vV][0-9]+", alias):
         raise UsageError(
             f"Invalid alias {alias!r}",
             hint="Aliases start with a letter or '_', hold letters, digits, '_' or '-', and may not look like v1",

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from prodai_cli.errors import ProdaiError, RegistryError, UsageError
+from prodai_cli.errors import ProdaiError, RegistryError, ShipFailed, UsageError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
@@ -128,10 +128,6 @@ class ShipReport:
 
 StepCallback = Callable[[ShipStep], None]
 LoadtestEventCallback = Callable[[dict[str, Any]], None]
-
-
-class ShipFailed(ProdaiError):
-    """A step of the gate failed (caught by :func:`ship`, which records it in the report)."""
 
 
 def _now() -> str:
@@ -409,12 +405,12 @@ def ship(
         DeployError: ``--target docker`` without a reachable Docker engine.
 
     """
-    from prodai_cli.registry import Registry, _check_alias
+    from prodai_cli.registry import Registry, validate_alias
     from prodai_cli.slo import parse_duration, parse_slos
 
     if target not in TARGETS:
         raise UsageError(f"Unknown target {target!r}; choose local or docker")
-    _check_alias(alias)
+    validate_alias(alias)
     check_cfg = settings.config.check
     slo_texts = list(slos or check_cfg.ship_slo or settings.config.loadtest.slo)
     parse_slos(slo_texts)  # a typo is a usage error now, not a failed ship in a minute

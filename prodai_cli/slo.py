@@ -22,7 +22,6 @@ from typing import Any
 from prodai_cli.errors import UsageError
 
 LATENCY_METRICS = ("avg", "min", "max")
-OPERATORS = ("<", "<=", ">", ">=")
 SLO_SYNTAX_HINT = "Write SLOs like 'p95 < 200ms', 'p99 <= 1s', 'avg < 50ms', 'error_rate < 1%' or 'rps > 50'"
 # Percentiles the summary always carries, whatever the SLOs ask for.
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
@@ -241,11 +240,3 @@ def parse_duration(text: str | float | int, *, what: str = "duration", allow_zer
     if seconds == 0 and not allow_zero:
         raise UsageError(f"Invalid {what} {text!r}: it must be longer than 0", hint=hint)
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``90.0`` -> ``1m30s``; ``2.5`` -> ``2.5s``."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:g}s" if rest else f"{int(minutes)}m"

@@ -1,15 +1,14 @@
 """Generate README's command reference from the CLI itself (the same click tree `--help` renders).
 
-    python scripts/gen_cli_reference.py          # print the reference
-    python scripts/gen_cli_reference.py --write  # replace it in README.md between the markers
-    python scripts/gen_cli_reference.py --check  # exit 1 if README.md is out of date (used by a test)
+python scripts/gen_cli_reference.py          # print the reference
+python scripts/gen_cli_reference.py --write  # replace it in README.md between the markers
+python scripts/gen_cli_reference.py --check  # exit 1 if README.md is out of date (used by a test)
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 from typing import Any
 
 import typer.main
@@ -75,6 +74,7 @@ def _replace(readme: str, body: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Print the reference, or ``--write`` it into place, or ``--check`` that it is current (exit 1 if not)."""
     body = render()
     current = README.read_text(encoding="utf-8")
     updated = _replace(current, body)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prodai_cli.batch.engine import BatchJob, BatchSummary, ErrorRateExceededError, ProgressUpdate, run_batch
+from prodai_cli.batch.engine import BatchJob, BatchSummary, ProgressUpdate, run_batch
 from prodai_cli.batch.reader import BadLine, Record, read_records
-from prodai_cli.batch.writer import ResumableWriter, ResumeRefusedError
+from prodai_cli.batch.writer import ResumableWriter
+from prodai_cli.errors import ErrorRateExceededError, ResumeRefusedError
 
 __all__ = [
     "BadLine",

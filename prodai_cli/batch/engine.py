@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prodai_cli.batch.reader import BadLine, Record, check_readable, default_output_path, fingerprint, read_records
 from prodai_cli.batch.writer import ResumableWriter
-from prodai_cli.errors import ThresholdError, UsageError
+from prodai_cli.errors import ErrorRateExceededError, UsageError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
@@ -100,14 +100,6 @@ class BatchSummary:
         return data
 
 
-class ErrorRateExceededError(ThresholdError):
-    """The job finished, every good line was predicted, but too many lines were bad."""
-
-    def __init__(self, message: str, summary: BatchSummary) -> None:
-        super().__init__(message, hint="The good lines were all predicted; fix the input or raise --max-error-rate")
-        self.summary = summary
-
-
 @dataclass
 class Chunk:
     """A run of consecutive input lines: the valid ones to predict and the bad ones to report."""
@@ -118,7 +110,6 @@ class Chunk:
 
 
 ProgressCallback = Callable[[ProgressUpdate], None]
-PredictFn = Callable[[list[str]], tuple[list[dict[str, Any]], list[bool], list[int]]]
 
 
 def iter_chunks(job: BatchJob, skip_lines: int) -> Iterator[Chunk]:

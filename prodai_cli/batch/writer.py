@@ -25,13 +25,9 @@ from typing import IO, Any
 from filelock import BaseFileLock, FileLock, Timeout
 
 from prodai_cli.batch.reader import sibling
-from prodai_cli.errors import InputError, UsageError
+from prodai_cli.errors import InputError, ResumeRefusedError, UsageError
 
 MANIFEST_FORMAT = 1
-
-
-class ResumeRefusedError(UsageError):
-    """An existing output belongs to a different input, model version or settings."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["pass", "fail", "warn", "skip"]
@@ -40,10 +40,6 @@ class CheckResult:
     def blocking(self) -> bool:
         """A required item that did not hold (failed, or could not be checked)."""
         return self.required and not self.ok
-
-    def with_required(self, required: bool) -> CheckResult:
-        """A copy with ``required`` set."""
-        return replace(self, required=required)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

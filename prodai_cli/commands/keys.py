@@ -1,4 +1,4 @@
-"""prodai keys: create, list and revoke API keys (only their hashes are stored)."""
+"""prodai keys: create, list, revoke and delete API keys (only their hashes are stored)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prodai_cli.commands._common import JsonOption, console, settings
 if TYPE_CHECKING:
     from prodai_cli.config import Scope
 
-app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
+app = typer.Typer(help="Create, list, revoke and delete API keys for the server.", no_args_is_help=True)
 
 
 class ScopeChoice(StrEnum):
@@ -103,3 +103,35 @@ def revoke(
         out.success(f"Key {name!r} was already revoked")
     else:
         out.success(f"Revoked key {name!r} in {revoked.stored_in}")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the key to delete.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete a key that is still active (it stops working at once).")
+    ] = False,
+    json_flag: JsonOption = False,
+) -> None:
+    """Delete the record of key NAME (revoke it first; --force deletes an active key).
+
+    Revoked records stay by default so a server can answer "revoked"; delete one when nobody
+    needs that answer any more. Exit codes: 0 deleted, 1 no such key, 2 still active without --force.
+
+    Example: prodai keys revoke ci && prodai keys delete ci
+    """
+    from prodai_cli.errors import UsageError
+    from prodai_cli.keys import delete_key, list_keys
+
+    out = console(ctx, json_flag)
+    conf = settings(ctx)
+    info = next((k for k in list_keys(conf) if k.name == name), None)
+    if info is not None and info.status == "active" and not force:
+        raise UsageError(
+            f"Key {name!r} is still active",
+            hint=f"Revoke it first (prodai keys revoke {name}) or pass --force",
+        )
+    deleted = delete_key(conf, name)
+    out.result({"name": name, "deleted": True, "was_revoked": deleted.was_revoked})
+    out.success(f"Deleted key {name!r} from {deleted.stored_in}")

@@ -12,7 +12,7 @@ value grammars beside it (:mod:`prodai_cli.slo`, :mod:`prodai_cli.redis_url`). M
 The names below are the public API; import them from ``prodai_cli.config``.
 """
 
-from prodai_cli.config.edit import ConfigEdit, edit_config
+from prodai_cli.config.edit import ConfigEdit, YamlEdit, edit_config, edit_yaml
 from prodai_cli.config.files import file_lock, write_atomic
 from prodai_cli.config.load import find_config_path, load_settings, parse_config_text, round_trip_yaml
 from prodai_cli.config.render import mask_secrets, render_default_config
@@ -93,7 +93,9 @@ __all__ = [
     "Section",
     "ServingConfig",
     "Settings",
+    "YamlEdit",
     "edit_config",
+    "edit_yaml",
     "file_lock",
     "find_config_path",
     "load_settings",

@@ -269,8 +269,3 @@ def remove_container(client: Any, ref: str, *, timeout_s: int = 15) -> bool:
         if getattr(exc, "status_code", None) != 404:
             raise DeployError(f"Removing container {ref} failed: {exc.explanation or _first_line(exc)}") from None
     return True
-
-
-def managed_containers(client: Any) -> list[Any]:
-    """Every container prodai started (running or not)."""
-    return list(client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"}))

@@ -62,7 +62,6 @@ class DeployPlan:
     variant: Variant
     base_image: str
     config_data: dict[str, Any]
-    ab_enabled: bool
     environment: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -201,7 +200,6 @@ def plan_deployment(
         variant=variant,
         base_image=base_image or config.deploy.base_image,
         config_data=data,
-        ab_enabled=use_ab,
         environment=environment,
         warnings=warnings,
     )

@@ -58,8 +58,3 @@ def render(template: str, /, **context: Any) -> str:
     """
     text = environment().get_template(template).render(**context)
     return text if text.endswith("\n") else text + "\n"
-
-
-def output_name(template: str) -> str:
-    """The file a template renders to: ``k8s/service.yaml.j2`` -> ``k8s/service.yaml``."""
-    return template[: -len(".j2")] if template.endswith(".j2") else template

@@ -127,10 +127,6 @@ class ModelPool:
         """Every entry, in load order."""
         return list(self._models.values())
 
-    def all_ready(self) -> bool:
-        """True when there is at least one entry and every entry is ready."""
-        return bool(self._models) and all(m.ready for m in self._models.values())
-
     def add(self, key: str) -> ServedModel:
         """Register ``key`` as loading (visible in /health) without starting the load yet."""
         if key not in self._models:

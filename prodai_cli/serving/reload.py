@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.config import ProdaiConfig, Settings, parse_config_text
-from prodai_cli.errors import ConfigError, ProdaiError
+from prodai_cli.errors import ConfigError, ProdaiError, ReloadRejected
 
 if TYPE_CHECKING:
     from prodai_cli.serving.ab import ABRouter
@@ -57,10 +57,6 @@ POLL_INTERVAL_S = 0.5
 RETIRE_DELAY_S = 5.0
 # Sections a running server reads only at start-up (keys reload on their own; ab is what reloads).
 RESTART_SECTIONS = ("serving", "cache", "rate_limit", "filters", "monitoring", "redis_url")
-
-
-class ReloadRejected(ProdaiError):
-    """The new config is valid YAML and schema but cannot be served (a version does not load)."""
 
 
 @dataclass
@@ -269,11 +265,6 @@ class ConfigReloader:
         self._lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def watching(self) -> bool:
-        """True when the server started from a config file."""
-        return self.path is not None
 
     def describe(self) -> dict[str, Any]:
         """For ``/health``: the watched file and the last reload."""

@@ -19,7 +19,7 @@ import socket
 import tempfile
 from typing import TYPE_CHECKING
 
-from prodai_cli.errors import ProdaiError
+from prodai_cli.errors import ServeError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prodai.serving")
 
 FACTORY = "prodai_cli.serving.app:factory"
-
-
-class ServeError(ProdaiError):
-    """The server could not start or stopped because its model did not load."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -8,12 +8,12 @@ import pytest
 from helpers import REPO_ROOT
 
 from prodai_cli.config import (
-    ConfigError,
     edit_config,
     load_settings,
     parse_config_text,
     render_default_config,
 )
+from prodai_cli.errors import ConfigError
 
 
 def test_example_file_is_the_generated_default_and_valid() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prodai_cli.config import ConfigError, parse_config_text
-from prodai_cli.errors import EXIT_USAGE, UsageError
+from prodai_cli.config import parse_config_text
+from prodai_cli.errors import EXIT_USAGE, ConfigError, UsageError
 from prodai_cli.slo import evaluate, parse_duration, parse_slo, parse_slos, percentiles_for
 
 

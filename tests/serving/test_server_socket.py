@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from prodai_cli.serving.server import ServeError, bind_socket
+from prodai_cli.errors import ServeError
+from prodai_cli.serving.server import bind_socket
 
 
 def test_accepted_connections_get_tcp_nodelay() -> None:
