@@ -1,4 +1,4 @@
-"""`prodai keys create/list/revoke` through the real CLI: hashes only, comments kept, the key shown once."""
+"""`prodai keys create/list/revoke/delete` through the real CLI: hashes only, comments kept, the key shown once."""
 
 from __future__ import annotations
 
@@ -141,6 +141,42 @@ def test_keys_file_receives_the_keys_when_configured(cli: Any, project: Path) ->
     (project / "keys.yaml").write_text("keys:\n  - name: x\n    hash: not-a-hash\n")
     broken = cli("keys", "list")
     assert broken.exit_code == 2 and "keys.yaml is invalid" in broken.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("home", ["prodai.yaml", "keys.yaml"])
+def test_delete_refuses_an_active_key_then_removes_the_record_keeping_comments(
+    cli: Any, project: Path, home: str
+) -> None:
+    assert cli("init").exit_code == 0
+    config = project / "prodai.yaml"
+    if home == "keys.yaml":
+        config.write_text(config.read_text().replace("keys_file: null", "keys_file: keys.yaml"))
+    else:
+        config.write_text(config.read_text().replace("# API keys\n", f"# API keys\n{CUSTOM_COMMENT}\n"))
+    target = project / home
+    assert cli("keys", "create", "--name", "keep").exit_code == 0
+    assert cli("keys", "create", "--name", "gone").exit_code == 0
+    comments = comment_lines(target.read_text())
+    before = target.read_text()
+
+    refused = cli("keys", "delete", "gone")
+    assert refused.exit_code == 2 and "still active" in refused.stderr and "keys revoke gone" in refused.stderr
+    assert target.read_text() == before
+    missing = cli("keys", "delete", "nobody")
+    assert missing.exit_code == 1 and "No key named 'nobody'" in missing.stderr
+
+    assert cli("keys", "revoke", "gone").exit_code == 0
+    deleted = cli("keys", "delete", "gone", "--json")
+    assert deleted.exit_code == 0, deleted.stderr
+    assert deleted.json() == {"name": "gone", "deleted": True, "was_revoked": True}
+    listed = cli("keys", "list", "--json").json()
+    assert isinstance(listed, list) and [row["name"] for row in listed] == ["keep"]
+    assert comment_lines(target.read_text()) == comments
+    assert cli("config", "validate").exit_code == 0
+    # --force deletes an active key; the server would answer "invalid key" from then on.
+    assert cli("keys", "delete", "keep", "--force").exit_code == 0
+    assert cli("keys", "list", "--json").json() == []
 
 
 @pytest.mark.slow
