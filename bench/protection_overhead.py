@@ -50,9 +50,9 @@ from prodai_cli.config import (
     write_atomic,
 )
 from prodai_cli.keys import create_key
-from prodai_cli.serving.auth import KeyStore
-from prodai_cli.serving.cache import ResponseCache, cache_key
-from prodai_cli.serving.ratelimit import RateLimiter
+from prodai_cli.serving.protection.auth import KeyStore
+from prodai_cli.serving.protection.cache import ResponseCache, cache_key
+from prodai_cli.serving.protection.ratelimit import RateLimiter
 
 ANSWER = {"label": "POSITIVE", "confidence": 0.93, "model_version": "1", "variant": "default"}
 

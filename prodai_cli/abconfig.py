@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from prodai_cli.config import AB_ALIAS_PATTERN, AB_VARIANT_NAME_PATTERN, AB_WEIGHT_TOLERANCE, CONFIG_FILENAME
 from prodai_cli.errors import ModelNotFoundError, ProdaiError, UsageError
 from prodai_cli.refs import parse_model_ref
-from prodai_cli.serving.ab import REQUESTS_METRIC
+from prodai_cli.serving.ab.router import REQUESTS_METRIC
 
 if TYPE_CHECKING:
     from prodai_cli.config import ProdaiConfig, Settings

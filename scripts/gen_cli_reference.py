@@ -1,8 +1,8 @@
-"""Generate README's command reference from the CLI itself (the same click tree `--help` renders).
+"""Generate docs/reference.md's command reference from the CLI itself (the same click tree `--help` renders).
 
 python scripts/gen_cli_reference.py          # print the reference
-python scripts/gen_cli_reference.py --write  # replace it in README.md between the markers
-python scripts/gen_cli_reference.py --check  # exit 1 if README.md is out of date (used by a test)
+python scripts/gen_cli_reference.py --write  # replace it in docs/reference.md between the markers
+python scripts/gen_cli_reference.py --check  # exit 1 if docs/reference.md is out of date (used by a test)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer.main
 
 from prodai_cli.cli import app
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 BEGIN = "<!-- BEGIN CLI REFERENCE -->"
 END = "<!-- END CLI REFERENCE -->"
 
@@ -52,7 +52,7 @@ def render() -> str:
     root = typer.main.get_command(app)
     lines: list[str] = []
     for path, command in _walk(root, ["prodai"]):
-        lines.append(f"### `{' '.join(path)}`")
+        lines.append(f"## `{' '.join(path)}`")
         lines.append("")
         help_text = (command.help or "").strip()
         if help_text:
@@ -67,8 +67,8 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _replace(readme: str, body: str) -> str:
-    head, _, rest = readme.partition(BEGIN)
+def _replace(page: str, body: str) -> str:
+    head, _, rest = page.partition(BEGIN)
     _, _, tail = rest.partition(END)
     return f"{head}{BEGIN}\n{body}{END}{tail}"
 
@@ -76,14 +76,14 @@ def _replace(readme: str, body: str) -> str:
 def main(argv: list[str]) -> int:
     """Print the reference, or ``--write`` it into place, or ``--check`` that it is current (exit 1 if not)."""
     body = render()
-    current = README.read_text(encoding="utf-8")
+    current = REFERENCE.read_text(encoding="utf-8")
     updated = _replace(current, body)
     if "--write" in argv:
-        README.write_text(updated, encoding="utf-8")
+        REFERENCE.write_text(updated, encoding="utf-8")
         return 0
     if "--check" in argv:
         if updated != current:
-            print("README.md command reference is out of date: run `make docs`", file=sys.stderr)
+            print("docs/reference.md is out of date: run `make docs`", file=sys.stderr)
             return 1
         return 0
     sys.stdout.write(body)

@@ -12,9 +12,9 @@ Lifecycle:
   ``/health/ready`` and predictions are 503 (with Retry-After) until every configured version is ready.
 - A/B: without ``model`` and with ``ab.enabled`` the server routes by the ``ab:`` section (every version it
   names is loaded and warmed before the server is ready) and follows edits of prodai.yaml live (see
-  :mod:`prodai_cli.serving.reload`); with ``model`` it serves that one model.
+  :mod:`prodai_cli.serving.ab.reload`); with ``model`` it serves that one model.
 - Protection: API keys, rate limits, the response cache and output redaction sit in the request path as
-  the config says (see :mod:`prodai_cli.serving.protection`).
+  the config says (see :mod:`prodai_cli.serving.protection.steps`).
 - SIGTERM: ``/health/ready`` turns 503 at once and predictions are still served for
   ``serving.drain_delay_s`` (load balancers stop sending traffic); then uvicorn closes the socket and
   in-flight requests get ``serving.grace_period_s`` to finish; then batchers stop and the process exits.
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from prodai_cli.config import ABConfig, ProdaiConfig, Settings
-    from prodai_cli.serving.routing import ABRouting, Resilience
+    from prodai_cli.serving.ab.routing import ABRouting, Resilience
 
 logger = logging.getLogger("prodai.serving")
 
@@ -97,14 +97,14 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
 
     from prodai_cli import __version__
     from prodai_cli.serving import routes
+    from prodai_cli.serving.ab.reload import ABReload, ConfigReloader, install_sighup
     from prodai_cli.serving.errors import InvalidRequest, ServingError
     from prodai_cli.serving.faults import FaultInjectingPool, fault_plan_from_env
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.middleware import ObservabilityMiddleware, context_of
     from prodai_cli.serving.pipeline import PredictPipeline, Router, SingleModelRouter
     from prodai_cli.serving.pool import ModelPool
-    from prodai_cli.serving.protection import Protection
-    from prodai_cli.serving.reload import ABReload, ConfigReloader, install_sighup
+    from prodai_cli.serving.protection.steps import Protection
     from prodai_cli.serving.schemas import ErrorResponse, RequestModels
 
     serving = settings.config.serving
@@ -119,9 +119,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     resilience: Resilience | None = None
     router: Router
     if ab_mode:
-        from prodai_cli.serving.breaker import Breakers
-        from prodai_cli.serving.reload import resolve_router
-        from prodai_cli.serving.routing import ABMetrics, ABRouting, Resilience
+        from prodai_cli.serving.ab.breaker import Breakers
+        from prodai_cli.serving.ab.reload import resolve_router
+        from prodai_cli.serving.ab.routing import ABMetrics, ABRouting, Resilience
 
         routing = ABRouting(pool, resolve_router(settings, settings.config))
         resilience = Resilience(pool, Breakers(settings.config.ab.breaker), ABMetrics(metrics))

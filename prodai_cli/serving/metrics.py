@@ -12,8 +12,8 @@ Series (other parts of prodai read these names; keep them stable):
 - ``prodai_model_loaded{model_version}``: 1 once a version is loaded and warmed.
 
 Protection (auth, rate limits, cache, redaction), A/B (fallbacks, cascade, breakers) and config reloads add
-their series to the same registry: see :mod:`~prodai_cli.serving.protection`,
-:mod:`~prodai_cli.serving.routing` and :mod:`~prodai_cli.serving.reload`.
+their series to the same registry: see :mod:`~prodai_cli.serving.protection.steps`,
+:mod:`~prodai_cli.serving.ab.routing` and :mod:`~prodai_cli.serving.ab.reload`.
 
 Several workers (``prodai serve --workers N``): prometheus_client's multiprocess mode. When
 ``PROMETHEUS_MULTIPROC_DIR`` is set before the worker imports prometheus_client (``prodai serve`` sets it to a

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from prodai_cli.serving.ab import Assignment
     from prodai_cli.serving.pool import ModelPool, ServedModel
     from prodai_cli.serving.schemas import RequestModels
 
@@ -124,13 +123,15 @@ class Route:
         model: The loaded version.
         variant: The variant name it serves as (the ``variant`` label).
         assignment: Set by the A/B router: the router snapshot and the variant the request was assigned
-            (the resilience step reads it to find fallbacks and cascade targets); None without A/B.
+            (an :class:`~prodai_cli.serving.ab.router.Assignment`; the resilience step reads it to find
+            fallbacks and cascade targets); None without A/B. Typed ``object`` because the pipeline only
+            carries it: the steps that read it narrow it, and the pipeline stays below the wings.
 
     """
 
     model: ServedModel
     variant: str = DEFAULT_VARIANT
-    assignment: Assignment | None = None
+    assignment: object | None = None
 
 
 @dataclass(frozen=True)

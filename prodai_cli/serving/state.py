@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prodai_cli.config import MonitoringConfig, ServingConfig, Settings
+    from prodai_cli.serving.ab.reload import ConfigReloader
+    from prodai_cli.serving.ab.routing import ABRouting, Resilience
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.pipeline import PredictPipeline
     from prodai_cli.serving.pool import ModelPool
-    from prodai_cli.serving.protection import Protection
-    from prodai_cli.serving.reload import ConfigReloader
-    from prodai_cli.serving.routing import ABRouting, Resilience
+    from prodai_cli.serving.protection.steps import Protection
 
 logger = logging.getLogger("prodai.serving")
 

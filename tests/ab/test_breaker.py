@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from prodai_cli.config import BreakerConfig
-from prodai_cli.serving.breaker import (
+from prodai_cli.serving.ab.breaker import (
     Breakers,
     BreakerState,
     CircuitBreaker,

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from prodai_cli.config import ABConfig, parse_config_text
-from prodai_cli.serving.ab import BUCKETS, ABRouter, Cascade, Variant, user_bucket
+from prodai_cli.serving.ab.router import BUCKETS, ABRouter, Cascade, Variant, user_bucket
 
 CONFIG = """\
 ab:
@@ -31,7 +31,7 @@ ab:
 CHILD = """
 import json, sys
 from prodai_cli.config import parse_config_text
-from prodai_cli.serving.ab import ABRouter
+from prodai_cli.serving.ab.router import ABRouter
 router = ABRouter.from_config(parse_config_text(sys.stdin.read()).ab)
 ids = [f"user-{i}" for i in range(9_990)]
 ids += ["", "ünïcödé", "😀", "a" * 5000, "user\\x00x", " ", "42", "-1", "None", "x"]

@@ -31,7 +31,7 @@ def _all_commands() -> list[list[str]]:
     return found
 
 
-def test_readme_command_reference_is_in_sync() -> None:
+def test_command_reference_is_in_sync() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "gen_cli_reference.py"), "--check"],
         capture_output=True, text=True, check=False,

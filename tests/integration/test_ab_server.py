@@ -19,7 +19,7 @@ import pytest
 from helpers import run_cli
 
 from prodai_cli.config import parse_config_text
-from prodai_cli.serving.ab import ABRouter
+from prodai_cli.serving.ab.router import ABRouter
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from helpers import RedisServer, run_cli
 
 from prodai_cli.config import load_settings, parse_config_text
 from prodai_cli.keys import KEY_PATTERN, create_key, generate_key, now_utc
-from prodai_cli.serving.ab import ABRouter
+from prodai_cli.serving.ab.router import ABRouter
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

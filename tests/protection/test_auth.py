@@ -12,7 +12,7 @@ import pytest
 
 from prodai_cli.config import load_settings, render_default_config, write_atomic
 from prodai_cli.keys import create_key, generate_key, hash_key, revoke_key
-from prodai_cli.serving.auth import AuthFailure, KeyStore, auth_disabled_warning, has_scope, startup_warnings
+from prodai_cli.serving.protection.auth import AuthFailure, KeyStore, auth_disabled_warning, has_scope, startup_warnings
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from helpers import RedisServer
 
 from prodai_cli.config import CacheConfig
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.cache import KEY_PREFIX, MemoryBackend, ResponseCache, cache_key, canonical_json
+from prodai_cli.serving.protection.cache import KEY_PREFIX, MemoryBackend, ResponseCache, cache_key, canonical_json
 
 
 def redis_cache(url: str, **overrides: Any) -> ResponseCache:

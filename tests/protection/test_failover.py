@@ -10,9 +10,9 @@ import pytest
 from helpers import RedisServer
 
 from prodai_cli.config import CacheConfig, LimitRule, RateLimitConfig
-from prodai_cli.serving.cache import KEY_PREFIX as CACHE_PREFIX
-from prodai_cli.serving.cache import ResponseCache, cache_key
-from prodai_cli.serving.ratelimit import RateLimiter
+from prodai_cli.serving.protection.cache import KEY_PREFIX as CACHE_PREFIX
+from prodai_cli.serving.protection.cache import ResponseCache, cache_key
+from prodai_cli.serving.protection.ratelimit import RateLimiter
 
 
 @pytest.mark.redis

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from prodai_cli.config import FiltersConfig, parse_config_text
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.filters import OutputFilter, luhn_valid, normalize_text
+from prodai_cli.serving.protection.filters import OutputFilter, luhn_valid, normalize_text
 
 VALID_CARDS = ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005",
                "3782 822463 10005", "5555555555554444", "6011111111111117"]

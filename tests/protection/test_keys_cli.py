@@ -14,7 +14,7 @@ from helpers import CliResult
 
 from prodai_cli.config import load_settings
 from prodai_cli.keys import KEY_PATTERN, hash_key
-from prodai_cli.serving.auth import AuthFailure, KeyStore
+from prodai_cli.serving.protection.auth import AuthFailure, KeyStore
 
 CUSTOM_COMMENT = "# our team's note: keys rotate every quarter"
 

@@ -18,7 +18,7 @@ from helpers import REPO_ROOT, RedisServer
 
 from prodai_cli.config import LimitRule, RateLimitConfig
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.ratelimit import KEY_PREFIX, ClientIpResolver, RateDecision, RateLimiter
+from prodai_cli.serving.protection.ratelimit import KEY_PREFIX, ClientIpResolver, RateDecision, RateLimiter
 
 
 def make_config(backend: str = "memory", **rules: LimitRule) -> RateLimitConfig:
@@ -184,7 +184,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, json, sys
     from prodai_cli.config import LimitRule, RateLimitConfig
-    from prodai_cli.serving.ratelimit import RateLimiter
+    from prodai_cli.serving.protection.ratelimit import RateLimiter
 
     config = RateLimitConfig(backend="redis", per_key=LimitRule(rate=10, period_s=600, burst=0), redis_timeout_s=2)
     limiter = RateLimiter(config, sys.argv[1])

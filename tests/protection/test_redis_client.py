@@ -11,9 +11,9 @@ from helpers import RedisServer, free_port
 
 from prodai_cli.config import CacheConfig, LimitRule, RateLimitConfig
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.cache import ResponseCache
-from prodai_cli.serving.ratelimit import RateLimiter
-from prodai_cli.serving.redis_client import (
+from prodai_cli.serving.protection.cache import ResponseCache
+from prodai_cli.serving.protection.ratelimit import RateLimiter
+from prodai_cli.serving.protection.redis_client import (
     PipelinedRedis,
     RedisAddress,
     RedisConnectionError,

@@ -408,7 +408,7 @@ class RedisGuard:
     async def execute(self, *args: str | bytes | int | float, urgent: bool = True) -> Any:
         """One command under :meth:`run`'s rules; its reply (bytes, int, None or a list).
 
-        ``urgent=False``: see :meth:`~prodai_cli.serving.redis_client.PipelinedRedis.execute`.
+        ``urgent=False``: see :meth:`~prodai_cli.serving.protection.redis_client.PipelinedRedis.execute`.
         """
         timeout = self.command_timeout_s
         return await self.run(lambda client: client.execute(*args, timeout=timeout, urgent=urgent))

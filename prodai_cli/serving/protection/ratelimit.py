@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.redis_client import RedisGuard, Script
+from prodai_cli.serving.protection.redis_client import RedisGuard, Script
 
 if TYPE_CHECKING:
     from prodai_cli.config import LimitRule, ProdaiConfig, RateLimitConfig
-    from prodai_cli.serving.redis_client import PipelinedRedis
+    from prodai_cli.serving.protection.redis_client import PipelinedRedis
 
 RuleName = Literal["per_key", "per_ip", "auth_failures"]
 Backend = Literal["memory", "redis", "fallback", "off"]

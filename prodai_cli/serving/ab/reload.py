@@ -15,7 +15,7 @@ reloads at once on SIGHUP or ``POST /admin/reload``. A reload:
 3. adopts new breaker thresholds, and retires versions no longer named a few seconds later (requests
    already routed to them finish; one that still reaches a retiring version is served by its fallback).
 
-API keys reload on their own (:class:`~prodai_cli.serving.auth.KeyStore` re-reads the files it came from
+API keys reload on their own (:class:`~prodai_cli.serving.protection.auth.KeyStore` re-reads the files it came from
 within a second of a change). Other sections (serving, cache, rate limits, filters, monitoring) take effect
 at the next start; a reload that changes them says so in a warning. A server started with ``--model``
 serves that model only and ignores ``ab:``.
@@ -43,11 +43,11 @@ from prodai_cli.config import ProdaiConfig, Settings, parse_config_text
 from prodai_cli.errors import ConfigError, ProdaiError, ReloadRejected
 
 if TYPE_CHECKING:
-    from prodai_cli.serving.ab import ABRouter
-    from prodai_cli.serving.breaker import Breakers
+    from prodai_cli.serving.ab.breaker import Breakers
+    from prodai_cli.serving.ab.router import ABRouter
+    from prodai_cli.serving.ab.routing import ABRouting
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.pool import ModelPool
-    from prodai_cli.serving.routing import ABRouting
 
 logger = logging.getLogger("prodai.serving.reload")
 
@@ -110,7 +110,7 @@ def resolve_router(settings: Settings, config: ProdaiConfig) -> ABRouter:
     """
     from prodai_cli.refs import parse_model_ref
     from prodai_cli.registry import Registry
-    from prodai_cli.serving.ab import ABRouter
+    from prodai_cli.serving.ab.router import ABRouter
     from prodai_cli.serving.pool import pin_model_ref
 
     live = Settings(config=config, path=settings.path, root=settings.root)

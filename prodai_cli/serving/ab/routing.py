@@ -28,16 +28,16 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.serving.ab import ESCALATIONS_METRIC, FALLBACKS_METRIC, Assignment
+from prodai_cli.serving.ab.breaker import BreakerState, RetryPolicy, retry_async
+from prodai_cli.serving.ab.router import ESCALATIONS_METRIC, FALLBACKS_METRIC, Assignment
 from prodai_cli.serving.batcher import BatcherStopped, QueueFull
-from prodai_cli.serving.breaker import BreakerState, RetryPolicy, retry_async
 from prodai_cli.serving.errors import InferenceTimeout, ModelError, ServiceUnavailable
 from prodai_cli.serving.pipeline import Inference, Route
 from prodai_cli.serving.pool import model_key
 
 if TYPE_CHECKING:
-    from prodai_cli.serving.ab import ABRouter, Variant
-    from prodai_cli.serving.breaker import Breakers, Permit
+    from prodai_cli.serving.ab.breaker import Breakers, Permit
+    from prodai_cli.serving.ab.router import ABRouter, Variant
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.pipeline import Infer, RequestContext
     from prodai_cli.serving.pool import ModelPool
@@ -131,7 +131,7 @@ class Resilience:
     async def __call__(self, ctx: RequestContext, route: Route, texts: list[str], run_model: Infer) -> Inference:
         """Serve ``texts`` on ``route`` (see the module docstring); a route without A/B passes straight through."""
         assignment = route.assignment
-        if assignment is None:
+        if not isinstance(assignment, Assignment):
             return await run_model(ctx, route, texts)
         inference = await self._serve(ctx, route, assignment, texts, run_model)
         if assignment.router.cascade is not None and inference.fallback is None:

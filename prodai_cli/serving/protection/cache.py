@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from prodai_cli.errors import ConfigError
-from prodai_cli.serving.redis_client import RedisGuard
+from prodai_cli.serving.protection.redis_client import RedisGuard
 
 if TYPE_CHECKING:
     from prodai_cli.config import CacheConfig, ProdaiConfig

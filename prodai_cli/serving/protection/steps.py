@@ -1,8 +1,7 @@
 """Server protection wired into the request path: API keys, rate limits, response cache, input/output hygiene.
 
-:class:`Protection` builds the parts of :mod:`~prodai_cli.serving.auth`, :mod:`~prodai_cli.serving.ratelimit`,
-:mod:`~prodai_cli.serving.cache` and :mod:`~prodai_cli.serving.filters` from the config and plugs them into the
-pipeline's seams (see :mod:`prodai_cli.serving.pipeline`):
+:class:`Protection` builds the parts of :mod:`~.auth`, :mod:`~.ratelimit`, :mod:`~.cache` and
+:mod:`~.filters` from the config and plugs them into the pipeline's seams (see :mod:`prodai_cli.serving.pipeline`):
 
 - guard (before the body is parsed): the client IP (the TCP peer, or ``X-Forwarded-For`` behind
   ``rate_limit.trusted_proxies``); with ``auth.enabled``: 429 while the IP is over the failed-authentication
@@ -38,12 +37,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.serving.auth import KeyStore, startup_warnings
-from prodai_cli.serving.cache import CacheResult, ResponseCache, cache_key
+from prodai_cli.serving.ab.router import Assignment
 from prodai_cli.serving.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized
-from prodai_cli.serving.filters import OutputFilter, normalize_text
 from prodai_cli.serving.pipeline import Inference, settle
-from prodai_cli.serving.ratelimit import RateLimiter
+from prodai_cli.serving.protection.auth import KeyStore, startup_warnings
+from prodai_cli.serving.protection.cache import CacheResult, ResponseCache, cache_key
+from prodai_cli.serving.protection.filters import OutputFilter, normalize_text
+from prodai_cli.serving.protection.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -297,8 +297,8 @@ class Protection:
     def _params(self, route: Route) -> dict[str, Any]:
         params: dict[str, Any] = {}
         assignment = route.assignment
-        cascade = assignment.router.cascade if assignment is not None else None
-        if assignment is not None and cascade is not None and cascade.small == route.variant:
+        cascade = assignment.router.cascade if isinstance(assignment, Assignment) else None
+        if isinstance(assignment, Assignment) and cascade is not None and cascade.small == route.variant:
             # The cascade's answer depends on the large version and the threshold as well.
             large = assignment.router.variant(cascade.large).version
             params["cascade"] = {"large": large, "threshold": cascade.threshold}
