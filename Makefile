@@ -11,7 +11,7 @@ test: setup
 	scripts/test
 
 lint: setup
-	.venv/bin/ruff check prodai_cli tests bench && .venv/bin/mypy
+	scripts/lint
 
 docs: setup
 	.venv/bin/python scripts/gen_cli_reference.py --write
