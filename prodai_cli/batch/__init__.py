@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prodai_cli.batch.engine import BatchJob, BatchSummary, ProgressUpdate, run_batch
+from prodai_cli.batch.engine import run_batch
+from prodai_cli.batch.job import BatchJob, BatchSummary, ProgressUpdate
 from prodai_cli.batch.reader import BadLine, Record, read_records
 from prodai_cli.batch.writer import ResumableWriter
 from prodai_cli.errors import ErrorRateExceededError, ResumeRefusedError

@@ -1,146 +1,37 @@
-"""``prodai batch``'s job: read JSONL, predict in chunks, commit each chunk durably, summarise.
+"""``prodai batch``: check the job, open its resumable output, run an engine over it, summarise.
 
-The local engine runs the model in this process; the Ray engine (:mod:`prodai_cli.batch.ray_engine`) runs
-the same runtime in Ray Data actors. Both read and write through the same reader and writer, so outputs,
-errors files, manifests and resume behave identically.
+:func:`run_batch` is the entry point. The local engine here runs the model in this process; the Ray engine
+(:mod:`prodai_cli.batch.ray_engine`) runs the same runtime in Ray Data actors. Both get an
+:class:`~prodai_cli.batch.job.EngineRun` and commit through it, so outputs, errors files, manifests and
+resume behave identically.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.batch.reader import BadLine, Record, check_readable, default_output_path, fingerprint, read_records
+from prodai_cli.batch.job import (
+    BatchJob,
+    BatchSummary,
+    Chunk,
+    EngineRun,
+    ProgressCallback,
+    calibration_sample,
+    iter_chunks,
+    pinned_model,
+    set_threads,
+)
+from prodai_cli.batch.reader import check_readable, fingerprint
 from prodai_cli.batch.writer import ResumableWriter
 from prodai_cli.errors import ErrorRateExceededError, UsageError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
     from prodai_cli.runtime import ModelRuntime
-
-CALIBRATION_SAMPLE = 256
-
-
-@dataclass(frozen=True)
-class BatchJob:
-    """Everything one ``prodai batch`` run needs (defaults mirror prodai.yaml's ``batch`` section)."""
-
-    input: Path
-    model: str
-    output: Path | None = None
-    text_field: str = "text"
-    id_field: str = "id"
-    batch_size: int | str = "auto"
-    max_tokens: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    engine: str = "local"
-    restart: bool = False
-    max_error_rate: float = 0.01
-    chunk_size: int = 1024
-    ray_actors: int = 1
-    threads: int | None = None
-
-    @property
-    def output_path(self) -> Path:
-        """The output file (default: ``INPUT.predictions.jsonl`` beside the input)."""
-        return self.output if self.output is not None else default_output_path(self.input)
-
-
-@dataclass
-class ProgressUpdate:
-    """Sent to the progress callback after every committed chunk."""
-
-    lines_done: int
-    lines_total: int
-    items: int
-    tokens: int
-    elapsed_s: float
-
-
-@dataclass
-class BatchSummary:
-    """The outcome of a batch job (printed as the summary, and as JSON with ``--json``)."""
-
-    input: str
-    output: str
-    errors_file: str
-    model: str
-    model_version: str
-    task: str
-    engine: str
-    device: str
-    precision: str
-    items: int
-    errors: int
-    truncated: int
-    tokens: int
-    lines: int
-    resumed_from_line: int
-    items_this_run: int
-    wall_s: float
-    items_per_s: float
-    tokens_per_s: float
-    error_rate: float
-    max_batch_tokens: int | None
-    batch_size: int | None
-    status: str = "complete"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        data = asdict(self)
-        extra = data.pop("extra")
-        data.update(extra)
-        return data
-
-
-@dataclass
-class Chunk:
-    """A run of consecutive input lines: the valid ones to predict and the bad ones to report."""
-
-    end_line: int
-    records: list[Record]
-    bad: list[BadLine]
-
-
-ProgressCallback = Callable[[ProgressUpdate], None]
-
-
-def iter_chunks(job: BatchJob, skip_lines: int) -> Iterator[Chunk]:
-    """Group the input after ``skip_lines`` into chunks of ``job.chunk_size`` lines (any kind)."""
-    records: list[Record] = []
-    bad: list[BadLine] = []
-    count = 0
-    line = 0
-    for line, item in enumerate(read_records(job.input, text_field=job.text_field, id_field=job.id_field), start=1):
-        if line <= skip_lines:
-            continue  # done in an earlier run; read only so duplicate ids are still recognised
-        if isinstance(item, Record):
-            records.append(item)
-        elif isinstance(item, BadLine):
-            bad.append(item)
-        count += 1
-        if count >= job.chunk_size:
-            yield Chunk(line, records, bad)
-            records, bad, count = [], [], 0
-    if count:
-        yield Chunk(line, records, bad)
-
-
-def output_line(record: Record, prediction: dict[str, Any], truncated: bool, model: str, version: str) -> str:
-    """One output JSON line: id, line number, the prediction, truncation and the model that made it."""
-    return json.dumps(
-        {"id": record.id, "line": record.line, **prediction, "truncated": truncated, "model": model,
-         "model_version": version},
-        ensure_ascii=False,
-    )
-
 
 def _identity(job: BatchJob, fingerprint_sha: str, model: dict[str, Any], max_length: int | None) -> dict[str, Any]:
     # Only what changes the output: device and batch size do not (beyond float noise), so they may change
@@ -256,16 +147,16 @@ def run_batch(
         lines_total = input_print.lines
         if progress.lines_done >= lines_total:
             runtime_info = {"task": "", "device": device, "precision": job.precision, "max_batch_tokens": None}
-        elif job.engine == "ray":
-            from prodai_cli.batch.ray_engine import run_chunks_on_ray
-
-            runtime_info = run_chunks_on_ray(
-                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
-            )
         else:
-            runtime_info = _run_local(
+            run = EngineRun(
                 job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
             )
+            if job.engine == "ray":
+                from prodai_cli.batch.ray_engine import run_chunks_on_ray
+
+                runtime_info = run_chunks_on_ray(run)
+            else:
+                runtime_info = _run_local(run)
         writer.finish()
     finally:
         writer.close()
@@ -307,11 +198,6 @@ def run_batch(
     return summary
 
 
-def pinned_model(job: BatchJob, model: dict[str, Any]) -> str:
-    """The exact version the manifest recorded (``NAME/VERSION``), so an alias moving mid-job changes nothing."""
-    return job.model if model["version"] == "local" else f"{model['name']}/{model['version']}"
-
-
 def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str, Any]) -> ModelRuntime:
     from prodai_cli.runtime import load_runtime
 
@@ -320,49 +206,19 @@ def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str
     )
 
 
-def set_threads(threads: int | None) -> None:
-    """Pin torch's CPU threads for this process (None keeps torch's default of one per core)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def calibration_sample(job: BatchJob, skip_lines: int, size: int = CALIBRATION_SAMPLE) -> list[str]:
-    """The first ``size`` valid texts after ``skip_lines`` (what the job is about to predict)."""
-    texts: list[str] = []
-    for chunk in iter_chunks(job, skip_lines):
-        texts.extend(r.text for r in chunk.records[: size - len(texts)])
-        if len(texts) >= size:
-            break
-    return texts
-
-
-def _run_local(
-    job: BatchJob,
-    settings: Settings | None,
-    writer: ResumableWriter,
-    model: dict[str, Any],
-    device: str,
-    batch_size: int | str,
-    lines_total: int,
-    started: float,
-    on_progress: ProgressCallback | None,
-    status: Callable[[str], None],
-) -> dict[str, Any]:
-    status(f"Loading {job.model} on {device} ({job.precision})")
+def _run_local(run: EngineRun) -> dict[str, Any]:
+    job, device, batch_size = run.job, run.device, run.batch_size
+    run.status(f"Loading {job.model} on {device} ({job.precision})")
     set_threads(job.threads)
-    runtime = _load(job, settings, device, model)
-    name, version = str(model["name"]), str(model["version"])
-    skip = writer.progress.lines_done
+    runtime = _load(job, run.settings, device, run.model)
+    skip = run.writer.progress.lines_done
     if batch_size == "auto":
-        status("Calibrating the batch size")
+        run.status("Calibrating the batch size")
         runtime.calibrate(calibration_sample(job, skip))
     else:
         runtime.warmup()
     budget = runtime.max_batch_tokens if batch_size == "auto" else None
     size = batch_size if isinstance(batch_size, int) else None
-    tokens_this_run = 0
 
     def encode(chunk: Chunk) -> tuple[Chunk, Any]:
         return chunk, runtime.encode([r.text for r in chunk.records])
@@ -373,21 +229,12 @@ def _run_local(
     encoded_chunks = _prefetch(map(encode, chunks)) if device != "cpu" else map(encode, chunks)
     for chunk, encoded in encoded_chunks:
         predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
-        lengths = encoded.lengths
         outputs = [
-            output_line(record, prediction, cut, name, version)
+            run.output_line(record, prediction, cut)
             for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
         ]
-        errors = [json.dumps(bad.to_dict(), ensure_ascii=False) for bad in chunk.bad]
-        writer.commit(
-            lines_done=chunk.end_line, outputs=outputs, errors=errors, truncated=sum(encoded.truncated),
-            tokens=sum(lengths),
-        )
-        tokens_this_run += sum(lengths)
-        if on_progress is not None:
-            p = writer.progress
-            on_progress(ProgressUpdate(p.lines_done, lines_total, p.items, p.tokens, time.perf_counter() - started))
-    return {**runtime.describe(), "tokens_this_run": tokens_this_run, "max_batch_tokens": budget}
+        run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
+    return {**runtime.describe(), "tokens_this_run": run.tokens_this_run, "max_batch_tokens": budget}
 
 
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:

@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.batch.engine import (
-    BatchJob,
-    ProgressCallback,
-    ProgressUpdate,
-    calibration_sample,
-    iter_chunks,
-    output_line,
-    pinned_model,
-)
+from prodai_cli.batch.job import EngineRun, calibration_sample, iter_chunks, set_threads
 from prodai_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from prodai_cli.batch.writer import ResumableWriter
-    from prodai_cli.config import Settings
+    pass
 
 ROWS_PER_CALL = 512
 
@@ -51,7 +41,6 @@ class RayPredictor:
         calibration: list[str],
         threads: int | None = None,
     ) -> None:
-        from prodai_cli.batch.engine import set_threads
         from prodai_cli.runtime import load_runtime
 
         set_threads(threads)
@@ -81,12 +70,12 @@ class RayPredictor:
         }
 
 
-def _model_source(job: BatchJob, settings: Settings | None, model: dict[str, Any]) -> tuple[str, str]:
+def _model_source(run: EngineRun) -> tuple[str, str]:
     """A local directory the actors can load (registry versions are downloaded first), and its task."""
     from prodai_cli.registry import detect_task
     from prodai_cli.runtime import locate_model
 
-    located = locate_model(pinned_model(job, model), settings)
+    located = locate_model(run.pinned, run.settings)
     directory = located.model_dir
     # Hand the actors the MLflow directory (model/ + components/tokenizer/) when there is one.
     if directory.name == "model" and located.tokenizer_dir != directory:
@@ -131,36 +120,24 @@ def _check_capacity(ray: Any, actors: int, on_gpu: bool) -> None:
         )
 
 
-def run_chunks_on_ray(
-    job: BatchJob,
-    settings: Settings | None,
-    writer: ResumableWriter,
-    model: dict[str, Any],
-    device: str,
-    batch_size: int | str,
-    lines_total: int,
-    started: float,
-    on_progress: ProgressCallback | None,
-    status: Callable[[str], None],
-) -> dict[str, Any]:
-    """Predict every pending chunk in Ray actors and commit each through ``writer``."""
-    ray = _start_ray(status)
-    source, task = _model_source(job, settings, model)
-    skip = writer.progress.lines_done
-    staging = writer.output.with_name(f".{writer.output.name}.ray-input.jsonl")
+def run_chunks_on_ray(run: EngineRun) -> dict[str, Any]:
+    """Predict every pending chunk in Ray actors and commit each through the run."""
+    job, device, batch_size = run.job, run.device, run.batch_size
+    ray = _start_ray(run.status)
+    source, task = _model_source(run)
+    skip = run.writer.progress.lines_done
+    staging = run.writer.output.with_name(f".{run.writer.output.name}.ray-input.jsonl")
     pending = 0
     with open(staging, "w", encoding="utf-8") as handle:
         for chunk in iter_chunks(job, skip):
             for record in chunk.records:
                 handle.write(json.dumps({"line": record.line, "text": record.text}, ensure_ascii=False) + "\n")
                 pending += 1
-    name, version = str(model["name"]), str(model["version"])
-    tokens_this_run = 0
     on_gpu = device.startswith("cuda")
     try:
         results: Iterator[dict[str, Any]] = iter(())
         if pending:
-            status(f"Predicting on Ray with {job.ray_actors} actor(s)")
+            run.status(f"Predicting on Ray with {job.ray_actors} actor(s)")
             _check_capacity(ray, job.ray_actors, on_gpu)
             # Read tasks take no CPU slot: with every CPU held by a model actor they would otherwise wait
             # forever for one (a local 2-CPU machine with 2 actors deadlocks).
@@ -192,23 +169,16 @@ def run_chunks_on_ray(
                 if int(row["line"]) != record.line:
                     raise RuntimeError(f"Ray returned line {row['line']} where line {record.line} was expected")
                 cut = bool(row["truncated"])
-                outputs.append(output_line(record, json.loads(str(row["prediction"])), cut, name, version))
+                outputs.append(run.output_line(record, json.loads(str(row["prediction"])), cut))
                 truncated += cut
                 tokens += int(row["tokens"])
-            errors = [json.dumps(bad.to_dict(), ensure_ascii=False) for bad in chunk.bad]
-            writer.commit(lines_done=chunk.end_line, outputs=outputs, errors=errors, truncated=truncated, tokens=tokens)
-            tokens_this_run += tokens
-            if on_progress is not None:
-                p = writer.progress
-                on_progress(
-                    ProgressUpdate(p.lines_done, lines_total, p.items, p.tokens, time.perf_counter() - started)
-                )
+            run.commit(chunk, outputs, truncated=truncated, tokens=tokens)
     finally:
         staging.unlink(missing_ok=True)
     return {
         "task": task,
         "device": device,
-        "tokens_this_run": tokens_this_run,
+        "tokens_this_run": run.tokens_this_run,
         "max_batch_tokens": None,
         "ray_actors": job.ray_actors,
     }
