@@ -46,8 +46,17 @@ WORDS = _WORD_TEXT.split()
 
 # Dense bf16 tensor-core peaks (TFLOP/s), from the vendors' data sheets (without sparsity).
 GPU_BF16_PEAK_TFLOPS = {
-    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
-    "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0,
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
 }
 
 
@@ -104,7 +113,7 @@ def measure(
     cpu: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for round_ in range(repeats):
-        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             start, start_cpu = time.perf_counter(), time.process_time()
             methods[name]()
@@ -196,8 +205,9 @@ def cpu_bench(args: argparse.Namespace) -> None:
         emb_lengths = emb32.token_lengths(texts)
         config = model.config
         clf_flops = useful_flops(clf_lengths, non_embedding_params(model), config.num_hidden_layers, config.hidden_size)
-        emb_flops = useful_flops(emb_lengths, non_embedding_params(emb32.model), config.num_hidden_layers,
-                                 config.hidden_size)
+        emb_flops = useful_flops(
+            emb_lengths, non_embedding_params(emb32.model), config.num_hidden_layers, config.hidden_size
+        )
         print(
             f"texts: {len(texts)} (seed {args.seed}), tokens/text mean {statistics.mean(clf_lengths):.1f}, "
             f"median {statistics.median(clf_lengths):.0f}, max {max(clf_lengths)} (classification, max_length "
@@ -219,18 +229,24 @@ def cpu_bench(args: argparse.Namespace) -> None:
         ("prodai fp32 / naive loop", "prodai fp32", "naive loop (1 text/forward)", ">= 2.5x"),
         ("prodai fp32 / pipeline(batch_size=32)", "prodai fp32", "pipeline(batch_size=32)", ">= 3.5x"),
         ("pipeline(batch_size=32) / naive loop", "pipeline(batch_size=32)", "naive loop (1 text/forward)", ""),
-        ("prodai fp32 embedding / SentenceTransformer.encode", "prodai fp32 embedding",
-         "SentenceTransformer.encode(32)", ">= 1.1x"),
+        (
+            "prodai fp32 embedding / SentenceTransformer.encode",
+            "prodai fp32 embedding",
+            "SentenceTransformer.encode(32)",
+            ">= 1.1x",
+        ),
         ("prodai bf16 / naive loop", "prodai bf16", "naive loop (1 text/forward)", ""),
         ("prodai bf16 / pipeline(batch_size=32)", "prodai bf16", "pipeline(batch_size=32)", ""),
-        ("prodai bf16 embedding / SentenceTransformer.encode", "prodai bf16 embedding",
-         "SentenceTransformer.encode(32)", ""),
+        (
+            "prodai bf16 embedding / SentenceTransformer.encode",
+            "prodai bf16 embedding",
+            "SentenceTransformer.encode(32)",
+            "",
+        ),
     ):
         if ours in rates:
             goal = f"  (target {target})" if target else ""
-            print(
-                f"  {label:<52} {rates[ours] / rates[base]:5.2f}x  [{cpu_rates[ours] / cpu_rates[base]:5.2f}x]{goal}"
-            )
+            print(f"  {label:<52} {rates[ours] / rates[base]:5.2f}x  [{cpu_rates[ours] / cpu_rates[base]:5.2f}x]{goal}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -39,8 +39,10 @@ def main() -> None:
     for name, value in medians.items():
         print(f"{name:16s} median {value * 1000:7.1f} ms  (min {min(samples[name]) * 1000:.1f} ms, n={args.runs})")
     ratio = medians["mlflow --help"] / medians["prodai --help"]
-    print(f"prodai --help is {ratio:.1f}x faster than mlflow --help; goal < 500 ms: "
-          f"{'met' if medians['prodai --help'] < 0.5 else 'NOT met'}")
+    print(
+        f"prodai --help is {ratio:.1f}x faster than mlflow --help; goal < 500 ms: "
+        f"{'met' if medians['prodai --help'] < 0.5 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

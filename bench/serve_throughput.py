@@ -158,9 +158,7 @@ async def _load(port: int, concurrency: int, duration: float, warmup: float) -> 
     start = time.perf_counter()
     warm_until, stop_at = start + warmup, start + warmup + duration
     records: list[tuple[float, float, int]] = []
-    await asyncio.gather(
-        *(_client(port, bodies, i * 7, warm_until, stop_at, records) for i in range(concurrency))
-    )
+    await asyncio.gather(*(_client(port, bodies, i * 7, warm_until, stop_at, records) for i in range(concurrency)))
     window = [r for r in records if r[1] <= stop_at]
     return {
         "seconds": duration,
@@ -221,9 +219,23 @@ def _batch_totals(port: int) -> tuple[float, float]:
 
 def _measure(port: int, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "loadgen", "--port", str(port), "--concurrency", str(concurrency),
-         "--duration", str(duration), "--warmup", str(warmup)],
-        capture_output=True, text=True, check=True, timeout=duration + warmup + 120,
+        [
+            sys.executable,
+            __file__,
+            "loadgen",
+            "--port",
+            str(port),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + warmup + 120,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -248,11 +260,17 @@ def main(args: argparse.Namespace) -> int:
         logs = [(work / "prodai.log").open("wb"), (work / "baseline.log").open("wb")]
         prodai = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "serve", "--model", str(model_dir), "--port", str(prodai_port)],
-            cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=logs[0],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=logs[0],
         )
         baseline = subprocess.Popen(
             [sys.executable, __file__, "baseline-server", "--model", str(model_dir), "--port", str(base_port)],
-            cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=logs[1],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=logs[1],
         )
         rows: list[dict[str, Any]] = []
         try:
@@ -299,21 +317,27 @@ def main(args: argparse.Namespace) -> int:
 
 
 def report(rows: list[dict[str, Any]]) -> int:
-    print(f"{'clients':>7} | {'baseline req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'prodai req/s':>12} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'batch':>6} | {'req/s ratio':>11} {'p99 ratio':>9}")
+    print(
+        f"{'clients':>7} | {'baseline req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'prodai req/s':>12} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'batch':>6} | {'req/s ratio':>11} {'p99 ratio':>9}"
+    )
     verdicts = []
     for row in rows:
         b, p = row["baseline"], row["prodai"]
         ratio = p["rps"] / b["rps"] if b["rps"] else float("inf")
         p99_ratio = p["p99_ms"] / b["p99_ms"] if b["p99_ms"] else float("inf")
-        print(f"{row['clients']:>7} | {b['rps']:>14.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} | {p['rps']:>12.1f} "
-              f"{p['p50_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['mean_batch']:>6.1f} | {ratio:>10.2f}x {p99_ratio:>8.2f}x")
+        print(
+            f"{row['clients']:>7} | {b['rps']:>14.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} | {p['rps']:>12.1f} "
+            f"{p['p50_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['mean_batch']:>6.1f} | {ratio:>10.2f}x {p99_ratio:>8.2f}x"
+        )
         if b["errors"] or p["errors"]:
             verdicts.append(f"{row['clients']} clients: non-200 answers (baseline {b['errors']}, prodai {p['errors']})")
         if row["clients"] == 32:
             ok = ratio >= TARGET_RATIO_32 and p["p99_ms"] <= b["p99_ms"]
-            verdicts.append(f"32 clients: {ratio:.2f}x req/s (target >= {TARGET_RATIO_32}x), p99 {p['p99_ms']:.0f} "
-                            f"vs {b['p99_ms']:.0f} ms: {'PASS' if ok else 'FAIL'}")
+            verdicts.append(
+                f"32 clients: {ratio:.2f}x req/s (target >= {TARGET_RATIO_32}x), p99 {p['p99_ms']:.0f} "
+                f"vs {b['p99_ms']:.0f} ms: {'PASS' if ok else 'FAIL'}"
+            )
         if row["clients"] == 1:
             ok = ratio >= TARGET_RATIO_1
             verdicts.append(f"1 client: {ratio:.2f}x req/s (target >= {TARGET_RATIO_1}x): {'PASS' if ok else 'FAIL'}")
@@ -338,7 +362,10 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per server and level")
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients, comma-separated")
     parser.add_argument(
-        "--server-env", action="append", default=[], metavar="KEY=VALUE",
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="environment for both servers, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
     )
     args = parser.parse_args()

@@ -164,8 +164,8 @@ def ab_model_name(config: ProdaiConfig, explicit: str | None = None) -> str:
         ref = parse_model_ref(explicit)
         if ref.alias or ref.version is not None:
             raise UsageError(
-                f"--model takes a model name, got {explicit!r}", hint=f"Use --model {ref.name} and name versions "
-                "or aliases as variants"
+                f"--model takes a model name, got {explicit!r}",
+                hint=f"Use --model {ref.name} and name versions or aliases as variants",
             )
         return ref.name
     if config.ab.model:
@@ -388,8 +388,10 @@ def live_variant_counts(
         return first
     sleep(interval_s)
     second = variant_request_counts(fetch_metrics(url, headers=headers))
-    return {name: (value - first.get(name, 0.0) if value >= first.get(name, 0.0) else value)
-            for name, value in second.items()}
+    return {
+        name: (value - first.get(name, 0.0) if value >= first.get(name, 0.0) else value)
+        for name, value in second.items()
+    }
 
 
 def ab_show(

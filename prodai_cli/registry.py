@@ -169,9 +169,7 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
         raise InvalidModelError(f"{model_dir}: cannot load a tokenizer: {_first_line(exc)}") from None
     try:
         auto = (
-            transformers.AutoModelForSequenceClassification
-            if task == "text-classification"
-            else transformers.AutoModel
+            transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
         )
         model = auto.from_pretrained(str(model_dir))
     except Exception as exc:

@@ -228,8 +228,13 @@ class LocalCandidate:
         with self.log_path.open("ab") as log:
             # Its own session: a Ctrl-C on ship reaches ship, which then stops the child itself.
             self.proc = subprocess.Popen(
-                command, cwd=self.settings.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=log, start_new_session=True,
+                command,
+                cwd=self.settings.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
             )
         wait_ready(self.url, self.settings.config.deploy.readiness_timeout_s, self._dead)
 
@@ -287,7 +292,11 @@ class DockerCandidate:
 
         try:
             result = deploy(
-                self.settings, target="docker", model_ref=self.model_ref, name=self.name, port=free_port(),
+                self.settings,
+                target="docker",
+                model_ref=self.model_ref,
+                name=self.name,
+                port=free_port(),
                 progress=self.on_progress,
             )
         except ProdaiError as exc:
@@ -332,8 +341,11 @@ def loadtest_settings(settings: Settings, directory: Path) -> Settings:
     data["auth"]["keys_file"] = None
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "prodai.yaml"
-    write_atomic(path, "# prodai ship: the project's config with rate limits off, for the load test\n"
-                 + yaml.safe_dump(data, sort_keys=False))
+    write_atomic(
+        path,
+        "# prodai ship: the project's config with rate limits off, for the load test\n"
+        + yaml.safe_dump(data, sort_keys=False),
+    )
     directory.chmod(0o755)
     path.chmod(0o644)
     config = settings.config.model_validate(data)
@@ -427,8 +439,14 @@ def ship(
     report_dir = settings.state_dir / SHIPS_DIRNAME / f"{stamp}-{_safe(info.name)}-v{info.version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     report = ShipReport(
-        ref=ref, model=info.name, version=info.version, alias=alias, previous=previous, target=target,
-        report_dir=report_dir, started_at=_now(),
+        ref=ref,
+        model=info.name,
+        version=info.version,
+        alias=alias,
+        previous=previous,
+        target=target,
+        report_dir=report_dir,
+        started_at=_now(),
     )
     run = _Run(settings, report, on_step or (lambda _step: None))
     try:
@@ -518,6 +536,7 @@ def _candidate(run: _Run, model_ref: str, *, phase: str, rate_limits: bool) -> C
     # The name prodai deploy gives this model's deployment, so the candidate sits visibly beside it.
     base = run.settings.config.deploy.name or f"prodai-{docker_name(report.model)}"
     mounted = run.settings if rate_limits else loadtest_settings(run.settings, report.report_dir / "loadtest-config")
+
     def progress(line: str) -> None:
         run.on_step(ShipStep("deploy", "start", line))
 
@@ -547,8 +566,14 @@ def _loadtest(
     assert run.candidate is not None
     cfg = settings.config.check
     plan = build_plan(
-        settings, url=run.candidate.url, model=model_ref, slos=slo_texts, duration=cfg.ship_duration,
-        warmup=cfg.ship_warmup, users=cfg.ship_users, api_key=run.probe_key,
+        settings,
+        url=run.candidate.url,
+        model=model_ref,
+        slos=slo_texts,
+        duration=cfg.ship_duration,
+        warmup=cfg.ship_warmup,
+        users=cfg.ship_users,
+        api_key=run.probe_key,
         report_dir=run.report.report_dir / "loadtest",
     )
     result = run_loadtest(settings, plan, on_event=on_event, log_to_registry=True)

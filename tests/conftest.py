@@ -59,7 +59,9 @@ def cli(project: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def registered_project(
-    tmp_path_factory: pytest.TempPathFactory, tiny_classifier_dir: Path, tiny_classifier_dir_b: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_classifier_dir: Path,
+    tiny_classifier_dir_b: Path,
     tiny_embedder_dir: Path,
 ) -> Path:
     """A project whose SQLite registry holds `clf` v1 (alias production), v2 (alias staging) and `emb` v1.

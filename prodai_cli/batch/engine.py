@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from prodai_cli.config import Settings
     from prodai_cli.runtime import ModelRuntime
 
+
 def _identity(job: BatchJob, fingerprint_sha: str, model: dict[str, Any], max_length: int | None) -> dict[str, Any]:
     # Only what changes the output: device and batch size do not (beyond float noise), so they may change
     # between a crash and the resume.

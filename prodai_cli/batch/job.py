@@ -133,8 +133,14 @@ def iter_chunks(job: BatchJob, skip_lines: int) -> Iterator[Chunk]:
 def output_line(record: Record, prediction: dict[str, Any], truncated: bool, model: str, version: str) -> str:
     """One output JSON line: id, line number, the prediction, truncation and the model that made it."""
     return json.dumps(
-        {"id": record.id, "line": record.line, **prediction, "truncated": truncated, "model": model,
-         "model_version": version},
+        {
+            "id": record.id,
+            "line": record.line,
+            **prediction,
+            "truncated": truncated,
+            "model": model,
+            "model_version": version,
+        },
         ensure_ascii=False,
     )
 

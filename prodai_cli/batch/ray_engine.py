@@ -87,9 +87,7 @@ def _start_ray(status: Callable[[str], None]) -> Any:
     try:
         import ray
     except ImportError:
-        raise UsageError(
-            "--engine ray needs Ray, which is not installed", hint="pip install 'prodai[ray]'"
-        ) from None
+        raise UsageError("--engine ray needs Ray, which is not installed", hint="pip install 'prodai[ray]'") from None
     if not ray.is_initialized():
         status("Connecting to Ray" if os.environ.get("RAY_ADDRESS") else "Starting a local Ray instance")
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -106,8 +106,7 @@ def check_health(ctx: CheckContext) -> CheckResult:
     ready = ctx.client.get("/health/ready")
     health = ctx.health()
     evidence = (
-        f"/health/live {live.status_code}, /health/ready {ready.status_code}, "
-        f"/health status {health.get('status')!r}"
+        f"/health/live {live.status_code}, /health/ready {ready.status_code}, /health status {health.get('status')!r}"
     )
     if live.status_code == 200 and ready.status_code == 200:
         return passed("health", evidence)

@@ -26,8 +26,11 @@ def command(
     ] = None,
     only: Annotated[
         list[str] | None,
-        typer.Option("--only", help="Run only this item, repeatable: health, registry, docs, metrics, logging, "
-                     "errors, cache, security, rate_limit, loadtest."),
+        typer.Option(
+            "--only",
+            help="Run only this item, repeatable: health, registry, docs, metrics, logging, "
+            "errors, cache, security, rate_limit, loadtest.",
+        ),
     ] = None,
     api_key: Annotated[
         str | None,
@@ -35,9 +38,12 @@ def command(
     ] = None,
     probe_key: Annotated[
         str | None,
-        typer.Option("--probe-key", envvar="PRODAI_PROBE_KEY",
-                     help="Key dedicated to checks, for the rate-limit burst (default: a temporary one, for a "
-                     "server that reads this project's config)."),
+        typer.Option(
+            "--probe-key",
+            envvar="PRODAI_PROBE_KEY",
+            help="Key dedicated to checks, for the rate-limit burst (default: a temporary one, for a "
+            "server that reads this project's config).",
+        ),
     ] = None,
     json_flag: JsonOption = False,
 ) -> None:

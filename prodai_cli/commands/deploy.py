@@ -51,8 +51,16 @@ def deploy(
             spinner.update(f"[dim]{line.strip()[:100]}[/dim]" if line.strip() else "Deploying")
 
         result = run_deploy(
-            project, target=target, model_ref=model, tag=tag, name=name, port=port, gpu=gpu,
-            base_image=base_image, build=not no_build, progress=progress,
+            project,
+            target=target,
+            model_ref=model,
+            tag=tag,
+            name=name,
+            port=port,
+            gpu=gpu,
+            base_image=base_image,
+            build=not no_build,
+            progress=progress,
         )
     for warning in result.plan.warnings:
         out.warning(warning)
@@ -60,8 +68,10 @@ def deploy(
     out.result(result.to_dict())
     versions = ", ".join(f"{record.model}/{v}" for v in record.versions)
     if record.target == "docker":
-        out.success(f"{record.name} is ready at {record.url} ({versions}; image {record.image}, "
-                    f"{_size(record.image_size_bytes)}; ready after {result.ready_after_s or 0:.1f}s)")
+        out.success(
+            f"{record.name} is ready at {record.url} ({versions}; image {record.image}, "
+            f"{_size(record.image_size_bytes)}; ready after {result.ready_after_s or 0:.1f}s)"
+        )
     else:
         where = "started" if result.started else "written"
         out.success(f"{record.target} deployment {record.name} {where}: {record.files_dir} ({versions})")
@@ -87,8 +97,15 @@ def status(ctx: typer.Context, json_flag: JsonOption = False) -> None:
         out.info("No deployments yet. Try: prodai deploy")
         return
     rows = [
-        (e["name"], e["target"], e.get("state"), e.get("health") or "", e["url"], e["image"],
-         f"{e['model']}/{e['version']}")
+        (
+            e["name"],
+            e["target"],
+            e.get("state"),
+            e.get("health") or "",
+            e["url"],
+            e["image"],
+            f"{e['model']}/{e['version']}",
+        )
         for e in entries
     ]
     out.table(["name", "target", "state", "health", "url", "image", "serving"], rows)

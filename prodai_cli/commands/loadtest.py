@@ -73,9 +73,24 @@ def command(
     out = console(ctx, json_flag)
     conf = settings(ctx)
     plan = build_plan(
-        conf, url=url, deployment=deployment, model=model, users=users, spawn_rate=spawn_rate, duration=duration,
-        warmup=warmup, slos=slo, data=data, api_key=api_key, user_ids=user_ids, workers=workers, master=master,
-        worker=worker, master_host=master_host, master_port=master_port, master_bind_host=master_bind_host,
+        conf,
+        url=url,
+        deployment=deployment,
+        model=model,
+        users=users,
+        spawn_rate=spawn_rate,
+        duration=duration,
+        warmup=warmup,
+        slos=slo,
+        data=data,
+        api_key=api_key,
+        user_ids=user_ids,
+        workers=workers,
+        master=master,
+        worker=worker,
+        master_host=master_host,
+        master_port=master_port,
+        master_bind_host=master_bind_host,
         report_dir=report_dir,
     )
     if plan.mode == "worker":
@@ -149,8 +164,14 @@ class _LiveView:
             table.add_column(column, justify="left" if column == "request" else "right")
         for row in [*event["entries"], {**event["total"], "name": "total"}]:
             table.add_row(
-                str(row["name"]), str(row["requests"]), str(row["failures"]), f"{row['rps'] or 0:.1f}",
-                _ms(row.get("p50_ms")), _ms(row.get("p95_ms")), _ms(row.get("p99_ms")), _ms(row.get("max_ms")),
+                str(row["name"]),
+                str(row["requests"]),
+                str(row["failures"]),
+                f"{row['rps'] or 0:.1f}",
+                _ms(row.get("p50_ms")),
+                _ms(row.get("p95_ms")),
+                _ms(row.get("p99_ms")),
+                _ms(row.get("max_ms")),
             )
         return table
 
@@ -169,16 +190,36 @@ def _render(out: Console, result: LoadtestResult) -> None:
         out.table(["SLO", "observed", "verdict"], rows, title="SLO verdict")
         out.table(
             ["requests", "failures", "error rate", "rps", "avg", "p50", "p95", "p99", "max"],
-            [(stats.get("requests"), stats.get("failures"), _pct(stats.get("error_rate")), _num(stats.get("rps")),
-              _ms(stats.get("avg_ms")), _ms(stats.get("p50_ms")), _ms(stats.get("p95_ms")),
-              _ms(stats.get("p99_ms")), _ms(stats.get("max_ms")))],
+            [
+                (
+                    stats.get("requests"),
+                    stats.get("failures"),
+                    _pct(stats.get("error_rate")),
+                    _num(stats.get("rps")),
+                    _ms(stats.get("avg_ms")),
+                    _ms(stats.get("p50_ms")),
+                    _ms(stats.get("p95_ms")),
+                    _ms(stats.get("p99_ms")),
+                    _ms(stats.get("max_ms")),
+                )
+            ],
             title=f"Measured over {summary.get('window_seconds') or 0:.1f}s (warm-up excluded)",
         )
         if len(summary.get("variants") or {}) > 1:
             out.table(
                 ["variant", "requests", "failures", "error rate", "p50", "p95", "p99"],
-                [(name, v.get("requests"), v.get("failures"), _pct(v.get("error_rate")), _ms(v.get("p50_ms")),
-                  _ms(v.get("p95_ms")), _ms(v.get("p99_ms"))) for name, v in summary["variants"].items()],
+                [
+                    (
+                        name,
+                        v.get("requests"),
+                        v.get("failures"),
+                        _pct(v.get("error_rate")),
+                        _ms(v.get("p50_ms")),
+                        _ms(v.get("p95_ms")),
+                        _ms(v.get("p99_ms")),
+                    )
+                    for name, v in summary["variants"].items()
+                ],
                 title="Per variant",
             )
     mlflow = summary.get("mlflow") or {}

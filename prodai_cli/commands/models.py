@@ -88,4 +88,3 @@ def resolve(
         {**info.to_dict(), "path": str(resolved.path)},
         human=f"{info.name} version {info.version}\t{resolved.path}",
     )
-

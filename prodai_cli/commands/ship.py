@@ -22,8 +22,9 @@ def command(
     to: Annotated[str, typer.Option("--to", help="Alias to move when every gate passes.")] = "production",
     slo: Annotated[
         list[str] | None,
-        typer.Option("--slo", help="Load-test gate, repeatable: 'p95 < 200ms' (default: check.ship_slo, then "
-                     "loadtest.slo)."),
+        typer.Option(
+            "--slo", help="Load-test gate, repeatable: 'p95 < 200ms' (default: check.ship_slo, then loadtest.slo)."
+        ),
     ] = None,
     target: Annotated[
         str, typer.Option("--target", help="local: server processes here; docker: a container (prodai deploy).")
@@ -46,7 +47,12 @@ def command(
     view = _Steps(out)
     try:
         report = ship(
-            settings(ctx), ref, alias=to, slos=slo, target=target, on_step=view.step,
+            settings(ctx),
+            ref,
+            alias=to,
+            slos=slo,
+            target=target,
+            on_step=view.step,
             on_loadtest_event=view.loadtest_event,
         )
     finally:

@@ -48,9 +48,7 @@ def round_trip_yaml() -> Any:
     class _Representer(RoundTripRepresenter):
         """Round-trip representer that writes None as ``null`` (ruamel's default leaves ``key:`` empty)."""
 
-    _Representer.add_representer(
-        type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
+    _Representer.add_representer(type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     yaml = YAML(typ="rt")
     yaml.Representer = _Representer
     yaml.preserve_quotes = True

@@ -44,9 +44,7 @@ class RegistryConfig(Section):
         description="MLflow tracking URI. Empty: a SQLite store in .prodai/mlflow.db beside this file. "
         "Example: http://mlflow.internal:5000",
     )
-    artifact_root: str | None = Field(
-        None, description="Where a local store keeps artifacts. Empty: .prodai/artifacts"
-    )
+    artifact_root: str | None = Field(None, description="Where a local store keeps artifacts. Empty: .prodai/artifacts")
     default_model: str | None = Field(
         None, description="Model reference used when a command gets no --model (NAME, NAME@ALIAS, NAME/VERSION)"
     )
@@ -504,7 +502,16 @@ class LoadtestConfig(Section):
 # The production checklist, in the order `prodai check` runs it (the burst of rate_limit comes last among the
 # live items: it uses up this client's per-IP quota for a moment).
 CheckItem = Literal[
-    "health", "registry", "docs", "metrics", "logging", "errors", "cache", "security", "rate_limit", "loadtest",
+    "health",
+    "registry",
+    "docs",
+    "metrics",
+    "logging",
+    "errors",
+    "cache",
+    "security",
+    "rate_limit",
+    "loadtest",
 ]
 CHECK_ITEMS: tuple[str, ...] = CheckItem.__args__  # type: ignore[attr-defined]
 

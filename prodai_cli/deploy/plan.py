@@ -222,9 +222,7 @@ def _baked(resolved: ResolvedModel, models_root: Path) -> BakedModel:
 def _check_tag(tag: str) -> None:
     # [registry[:port]/]repo[:tag], lowercase repository as Docker demands.
     if not re.fullmatch(r"[a-z0-9]+(?:[._/:-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?", tag):
-        raise UsageError(
-            f"Invalid image tag {tag!r}", hint="Use lowercase REPOSITORY[:TAG], e.g. prodai-sentiment:3"
-        )
+        raise UsageError(f"Invalid image tag {tag!r}", hint="Use lowercase REPOSITORY[:TAG], e.g. prodai-sentiment:3")
 
 
 def _container_config(

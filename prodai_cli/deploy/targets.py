@@ -287,17 +287,37 @@ def dashboard(name: str) -> str:
     """The provisioned Grafana dashboard (JSON)."""
     requests, latency = METRICS["requests"], METRICS["latency"]
     panels = [
-        {"title": "Requests/s by status", "unit": "reqps", "legend": "{{status}}",
-         "expr": f"sum by (status) (rate({requests}[1m]))"},
-        {"title": "Latency p50 / p99", "unit": "s", "legend": "p99",
-         "expr": f"histogram_quantile(0.99, sum by (le) (rate({latency}_bucket[5m])))"},
-        {"title": "Requests/s by model version and variant", "unit": "reqps", "legend": "{{model_version}} {{variant}}",
-         "expr": f"sum by (model_version, variant) (rate({requests}[1m]))"},
-        {"title": "Mean micro-batch size", "unit": "none", "legend": "batch",
-         "expr": f"rate({METRICS['batch_size']}_sum[5m]) / rate({METRICS['batch_size']}_count[5m])"},
+        {
+            "title": "Requests/s by status",
+            "unit": "reqps",
+            "legend": "{{status}}",
+            "expr": f"sum by (status) (rate({requests}[1m]))",
+        },
+        {
+            "title": "Latency p50 / p99",
+            "unit": "s",
+            "legend": "p99",
+            "expr": f"histogram_quantile(0.99, sum by (le) (rate({latency}_bucket[5m])))",
+        },
+        {
+            "title": "Requests/s by model version and variant",
+            "unit": "reqps",
+            "legend": "{{model_version}} {{variant}}",
+            "expr": f"sum by (model_version, variant) (rate({requests}[1m]))",
+        },
+        {
+            "title": "Mean micro-batch size",
+            "unit": "none",
+            "legend": "batch",
+            "expr": f"rate({METRICS['batch_size']}_sum[5m]) / rate({METRICS['batch_size']}_count[5m])",
+        },
         {"title": "Queue depth", "unit": "none", "legend": "queued", "expr": f"sum({METRICS['queue_depth']})"},
-        {"title": "Breakers open", "unit": "none", "legend": "{{model_version}}",
-         "expr": f"max by (model_version) ({METRICS['breaker_open']})"},
+        {
+            "title": "Breakers open",
+            "unit": "none",
+            "legend": "{{model_version}}",
+            "expr": f"max by (model_version) ({METRICS['breaker_open']})",
+        },
     ]
     return render("grafana/prodai-dashboard.json.j2", name=name, panels=panels)
 
@@ -341,8 +361,17 @@ def _deploy_compose(
             hint="Install the compose plugin (or docker-compose) and run: "
             f"docker compose -p {plan.name} -f {directory / 'docker-compose.yml'} up -d",
         )
-    up = [*command, "-p", plan.name, "-f", str(directory / "docker-compose.yml"), "up", "-d",
-          "--scale", f"server={deploy_config.replicas}"]
+    up = [
+        *command,
+        "-p",
+        plan.name,
+        "-f",
+        str(directory / "docker-compose.yml"),
+        "up",
+        "-d",
+        "--scale",
+        f"server={deploy_config.replicas}",
+    ]
     result = subprocess.run(up, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise DeployError(f"`{' '.join(up)}` failed:\n{(result.stderr or result.stdout).strip()[-2000:]}")
@@ -352,14 +381,31 @@ def _deploy_compose(
     try:
         waited = wait_http_ready(replica_urls, deploy_config.readiness_timeout_s)
     except DeployError as exc:
-        logs = subprocess.run([*command, "-p", plan.name, "-f", str(directory / "docker-compose.yml"), "logs",
-                               "--no-color", "--tail", "20", "server"], capture_output=True, text=True, check=False)
+        logs = subprocess.run(
+            [
+                *command,
+                "-p",
+                plan.name,
+                "-f",
+                str(directory / "docker-compose.yml"),
+                "logs",
+                "--no-color",
+                "--tail",
+                "20",
+                "server",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         exc.message += "\nThe server replicas' last log lines:\n" + (logs.stdout or logs.stderr).strip()
         raise
     record = _files_record(plan, image, "compose", url, directory)
     records.save(settings, record)
-    steps = [f"{' '.join(command)} -p {plan.name} -f {directory / 'docker-compose.yml'} ps",
-             "Prometheus: http://127.0.0.1:9090"]
+    steps = [
+        f"{' '.join(command)} -p {plan.name} -f {directory / 'docker-compose.yml'} ps",
+        "Prometheus: http://127.0.0.1:9090",
+    ]
     return DeployResult(
         record, plan, context_dir, image, ready_after_s=waited, files=written, started=True, next_steps=steps
     )
@@ -527,9 +573,7 @@ def default_name(settings: Settings, name: str | None) -> str:
         return found[0].name
     if not found:
         raise DeployError("No deployments in this project yet", hint="Run: prodai deploy")
-    raise UsageError(
-        "Several deployments exist; name one", hint="Deployments: " + ", ".join(r.name for r in found)
-    )
+    raise UsageError("Several deployments exist; name one", hint="Deployments: " + ", ".join(r.name for r in found))
 
 
 def status(settings: Settings) -> list[dict[str, Any]]:
@@ -589,7 +633,9 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
         if command is None or not compose_file.is_file():
             raise DeployError("Cannot stop the compose stack: no compose command or no compose file")
         result = subprocess.run(
-            [*command, "-p", record.name, "-f", str(compose_file), "down", "-v"], capture_output=True, text=True,
+            [*command, "-p", record.name, "-f", str(compose_file), "down", "-v"],
+            capture_output=True,
+            text=True,
             check=False,
         )
         if result.returncode != 0:
@@ -626,8 +672,9 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
     engine.remove_container(client, record.name)
     container_id = engine.run_container(client, spec)
     try:
-        engine.wait_ready(client, container_id, f"{record.url}/health/ready",
-                          settings.config.deploy.readiness_timeout_s)
+        engine.wait_ready(
+            client, container_id, f"{record.url}/health/ready", settings.config.deploy.readiness_timeout_s
+        )
     except DeployError:
         engine.remove_container(client, container_id, timeout_s=5)
         raise
@@ -653,4 +700,3 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
     )
     records.save(settings, rolled)
     return rolled
-

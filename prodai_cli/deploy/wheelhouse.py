@@ -163,10 +163,27 @@ def build_wheelhouse(variant: str, *, progress: Progress | None = None, python_v
         (staging / "constraints.txt").write_text(constraints, encoding="utf-8")
         (staging / "requested.txt").write_text(requirements, encoding="utf-8")
         command = [
-            sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-            "--only-binary=:all:", *[f"--platform={tag}" for tag in platforms], "--python-version", python_version,
-            "--implementation", "cp", "--abi", abi,
-            "-d", str(staging), "-r", str(staging / "requested.txt"), "-c", str(staging / "constraints.txt"),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--only-binary=:all:",
+            *[f"--platform={tag}" for tag in platforms],
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--abi",
+            abi,
+            "-d",
+            str(staging),
+            "-r",
+            str(staging / "requested.txt"),
+            "-c",
+            str(staging / "constraints.txt"),
         ]
         for index in indexes:
             command += ["--extra-index-url", index]
@@ -178,8 +195,10 @@ def build_wheelhouse(variant: str, *, progress: Progress | None = None, python_v
             if not missing:
                 break
             (staging / "missing.txt").write_text("\n".join(missing) + "\n", encoding="utf-8")
-            _run_pip([*command[: command.index("-r")], "-r", str(staging / "missing.txt"),
-                      *command[command.index("-c"):]], progress)
+            _run_pip(
+                [*command[: command.index("-r")], "-r", str(staging / "missing.txt"), *command[command.index("-c") :]],
+                progress,
+            )
         # Written last: its presence marks a complete wheelhouse.
         (staging / "requirements.txt").write_text(requirements, encoding="utf-8")
         if target.exists():

@@ -164,9 +164,7 @@ def deployment_record(settings: Settings, name: str) -> dict[str, Any]:
     return record
 
 
-def resolve_target(
-    settings: Settings, *, url: str | None, deployment: str | None, model: str | None
-) -> Target:
+def resolve_target(settings: Settings, *, url: str | None, deployment: str | None, model: str | None) -> Target:
     """The server to test and the registered version behind it.
 
     Args:
@@ -301,16 +299,27 @@ def build_plan(
     if worker:
         if master_host is None:
             raise UsageError("--worker needs --master-host HOST (the machine running prodai loadtest --master)")
-        given = [name for name, value in (("--url", url), ("--deployment", deployment), ("--data", data),
-                                          ("--slo", slos), ("--api-key", api_key), ("--model", model)) if value]
+        given = [
+            name
+            for name, value in (
+                ("--url", url),
+                ("--deployment", deployment),
+                ("--data", data),
+                ("--slo", slos),
+                ("--api-key", api_key),
+                ("--model", model),
+            )
+            if value
+        ]
         if given:
             raise UsageError(
                 f"{', '.join(given)} cannot be used with --worker",
                 hint="A worker takes the target, payloads and options from its master",
             )
         _check_port(master_port, "--master-port")
-        return LoadtestPlan(target=None, mode="worker", master_host=master_host, master_port=master_port,
-                            report_dir=report_dir)
+        return LoadtestPlan(
+            target=None, mode="worker", master_host=master_host, master_port=master_port, report_dir=report_dir
+        )
     if master_host is not None:
         raise UsageError("--master-host is for --worker; the master binds --master-bind-host")
 

@@ -79,9 +79,7 @@ def entry_figures(entry: StatsEntry, percentiles: list[float], seconds: float | 
         "rps": (n / seconds) if seconds and seconds > 0 else None,
     }
     for percent in percentiles:
-        figures[percentile_key(percent)] = (
-            float(entry.get_response_time_percentile(percent / 100.0)) if timed else None
-        )
+        figures[percentile_key(percent)] = float(entry.get_response_time_percentile(percent / 100.0)) if timed else None
     return figures
 
 

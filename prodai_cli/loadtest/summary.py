@@ -63,8 +63,11 @@ def variants(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         else:
             requests = sum(int(r["requests"]) for r in plain)
             failures = sum(int(r["failures"]) for r in plain)
-            by_variant[NO_VARIANT] = {"requests": requests, "failures": failures,
-                                      "error_rate": failures / requests if requests else None}
+            by_variant[NO_VARIANT] = {
+                "requests": requests,
+                "failures": failures,
+                "error_rate": failures / requests if requests else None,
+            }
     return dict(sorted(by_variant.items()))
 
 

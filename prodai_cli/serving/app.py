@@ -111,8 +111,10 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     ab_mode = model is None and settings.config.ab.enabled
     metrics = ServerMetrics()
     faults = fault_plan_from_env()
-    pool = ModelPool(settings, serving, metrics) if faults is None else FaultInjectingPool(
-        settings, serving, metrics, faults
+    pool = (
+        ModelPool(settings, serving, metrics)
+        if faults is None
+        else FaultInjectingPool(settings, serving, metrics, faults)
     )
     protection = Protection(settings, metrics)
     routing: ABRouting | None = None
@@ -247,10 +249,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         return JSONResponse(body, status_code=200 if outcome.ok else 409)
 
     known = frozenset(
-        routes.PREDICT_ROUTES
-        + routes.HEALTH_ROUTES
-        + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE)
-        + routes.DOC_ROUTES
+        routes.PREDICT_ROUTES + routes.HEALTH_ROUTES + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE) + routes.DOC_ROUTES
     )
     access_log = settings.config.monitoring.access_log
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)

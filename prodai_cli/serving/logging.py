@@ -105,8 +105,10 @@ def log_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
 
     Passed to uvicorn as ``log_config`` so every worker process configures itself the same way.
     """
-    formatter = "prodai_cli.serving.logging.JsonFormatter" if log_format == "json" else (
-        "prodai_cli.serving.logging.TextFormatter"
+    formatter = (
+        "prodai_cli.serving.logging.JsonFormatter"
+        if log_format == "json"
+        else ("prodai_cli.serving.logging.TextFormatter")
     )
     upper = level.upper()
     return {

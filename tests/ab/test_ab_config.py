@@ -68,9 +68,7 @@ def test_fallback_and_cascade_must_name_variants() -> None:
     base = "  model: clf\n  variants:\n    a: {version: 1, weight: 0.5}\n    b: {version: 2, weight: 0.5}\n"
     assert "fallback 'c' is not a variant (variants: a, b)" in _error(base + "  fallback: c\n")
     assert _ab(base + "  fallback: b\n").fallback == "b"
-    assert "cascade.large 'zz' is not a variant" in _error(
-        base + "  cascade: {enabled: true, small: a, large: zz}\n"
-    )
+    assert "cascade.large 'zz' is not a variant" in _error(base + "  cascade: {enabled: true, small: a, large: zz}\n")
     assert "needs cascade.small and cascade.large" in _error(base + "  cascade: {enabled: true, small: a}\n")
     assert "must be different" in _error(base + "  cascade: {enabled: true, small: a, large: a}\n")
     # A disabled cascade is not checked (it can be prepared before its variants exist).

@@ -52,7 +52,7 @@ def test_ab_set_versions_writes_numbers_keeps_comments(ab_project: Path) -> None
     assert "  # port 8000 is taken by the sidecar on staging\n" in after
     # Only enabled, model and variants changed: the text before and after them is byte-identical.
     assert after.split("\nab:\n")[0] == before.split("\nab:\n")[0]
-    assert after[after.index("  salt: "):] == before[before.index("  salt: "):]
+    assert after[after.index("  salt: ") :] == before[before.index("  salt: ") :]
 
 
 @pytest.mark.slow
@@ -140,9 +140,7 @@ REFUSED = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "code", "message"), REFUSED, ids=[" ".join(r[0]) for r in REFUSED])
-def test_refused_edits_leave_the_file_byte_for_byte(
-    ab_project: Path, args: list[str], code: int, message: str
-) -> None:
+def test_refused_edits_leave_the_file_byte_for_byte(ab_project: Path, args: list[str], code: int, message: str) -> None:
     path = ab_project / "prodai.yaml"
     digest = _digest(path)
     result = run_cli("ab-set", *args, "--model", "clf", cwd=ab_project)
@@ -189,7 +187,11 @@ def test_twenty_concurrent_ab_sets_leave_one_requested_state(ab_project: Path) -
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "ab-set", f"v1={i}%", f"v2={100 - i}%", "--model", "clf"],
-            cwd=ab_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ab_project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in states
     ]
@@ -225,7 +227,10 @@ def test_sigkill_of_ab_set_at_random_moments_never_leaves_a_partial_file(ab_proj
         allowed.append({"v1": (1, weight / 100), "v2": (2, (100 - weight) / 100)})
         proc = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "ab-set", f"v1={weight}%", f"v2={100 - weight}%"],
-            cwd=ab_project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ab_project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         # Most kills land late in the run, where the lock and the write happen.
         time.sleep(duration * rng.uniform(0.5, 1.2))

@@ -46,7 +46,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def job(tmp: Path, model: Path | str, **kwargs: Any) -> BatchJob:
     defaults: dict[str, Any] = {
-        "input": tmp / "in.jsonl", "output": tmp / "out.jsonl", "device": "cpu", "max_error_rate": 0.5
+        "input": tmp / "in.jsonl",
+        "output": tmp / "out.jsonl",
+        "device": "cpu",
+        "max_error_rate": 0.5,
     }
     return BatchJob(model=str(model), **{**defaults, **kwargs})
 
@@ -112,8 +115,19 @@ def test_bad_lines_go_to_the_errors_file_and_the_job_finishes(registered_copy: P
         rows.insert(line - 1, raw)
     write_jsonl(registered_copy / "in.jsonl", rows)
     result = run_cli(
-        "--json", "batch", "in.jsonl", "--model", "clf@production", "-o", "scored.jsonl", "--device", "cpu",
-        "--max-error-rate", "0.2", cwd=registered_copy, env=ONE_THREAD,
+        "--json",
+        "batch",
+        "in.jsonl",
+        "--model",
+        "clf@production",
+        "-o",
+        "scored.jsonl",
+        "--device",
+        "cpu",
+        "--max-error-rate",
+        "0.2",
+        cwd=registered_copy,
+        env=ONE_THREAD,
     )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -143,8 +157,18 @@ def test_error_rate_above_the_limit_fails_after_finishing(project: Path, tiny_cl
     assert [r["id"] for r in read_jsonl(project / "out.jsonl")] == [1, 2]
     # The same through the CLI: exit 1, the summary still printed.
     result = run_cli(
-        "batch", "in.jsonl", "--model", str(tiny_classifier_dir), "-o", "cli.jsonl", "--max-error-rate", "0.1",
-        "--device", "cpu", cwd=project, env=ONE_THREAD,
+        "batch",
+        "in.jsonl",
+        "--model",
+        str(tiny_classifier_dir),
+        "-o",
+        "cli.jsonl",
+        "--max-error-rate",
+        "0.1",
+        "--device",
+        "cpu",
+        cwd=project,
+        env=ONE_THREAD,
     )
     assert result.exit_code == 1
     assert "above the --max-error-rate of 10.00%" in result.stderr
@@ -232,9 +256,7 @@ def test_output_without_manifest_is_not_overwritten(project: Path, tiny_classifi
     assert (project / "out.jsonl").read_text() == "precious\n"
 
 
-def test_interrupted_job_resumes_exactly_once_and_repairs_a_torn_line(
-    project: Path, tiny_classifier_dir: Path
-) -> None:
+def test_interrupted_job_resumes_exactly_once_and_repairs_a_torn_line(project: Path, tiny_classifier_dir: Path) -> None:
     rows: list[Any] = [{"id": i, "text": t} for i, t in enumerate(make_texts(50, seed=5))]
     rows.insert(17, "{torn input")
     write_jsonl(project / "in.jsonl", rows)
@@ -283,13 +305,28 @@ def test_sigkill_midway_then_rerun_yields_every_input_exactly_once(project: Path
             valid_ids.append(i)
     write_jsonl(project / "in.jsonl", rows)
     out = project / "out.jsonl"
-    args = ["batch", "in.jsonl", "-o", "out.jsonl", "--model", str(tiny_classifier_dir), "--device", "cpu",
-            "--batch-size", "4", "--max-error-rate", "0.5"]
+    args = [
+        "batch",
+        "in.jsonl",
+        "-o",
+        "out.jsonl",
+        "--model",
+        str(tiny_classifier_dir),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--max-error-rate",
+        "0.5",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
     env.update(ONE_THREAD, PRODAI_BATCH__CHUNK_SIZE="20")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prodai_cli", *args], cwd=project, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "prodai_cli", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 600
@@ -351,8 +388,22 @@ def test_ray_engine_gives_the_same_output_as_local(project: Path, tiny_classifie
     write_jsonl(project / "in.jsonl", rows)
     local = run_batch(job(project, tiny_classifier_dir, output=project / "local.jsonl", chunk_size=25))
     result = run_cli(
-        "--json", "batch", "in.jsonl", "-o", "ray.jsonl", "--model", str(tiny_classifier_dir), "--engine", "ray",
-        "--ray-actors", "2", "--device", "cpu", "--max-error-rate", "0.1", cwd=project,
+        "--json",
+        "batch",
+        "in.jsonl",
+        "-o",
+        "ray.jsonl",
+        "--model",
+        str(tiny_classifier_dir),
+        "--engine",
+        "ray",
+        "--ray-actors",
+        "2",
+        "--device",
+        "cpu",
+        "--max-error-rate",
+        "0.1",
+        cwd=project,
         env={**ONE_THREAD, "PRODAI_BATCH__CHUNK_SIZE": "25", "RAY_ADDRESS": "", "RAY_DEDUP_LOGS": "0"},
         timeout=600,
     )
@@ -370,8 +421,21 @@ def test_ray_engine_gives_the_same_output_as_local(project: Path, tiny_classifie
     assert not list(project.glob(".ray.jsonl.ray-input*"))  # the staging file is cleaned up
     # A pool the cluster cannot place is refused instead of waiting forever.
     result = run_cli(
-        "batch", "in.jsonl", "-o", "ray2.jsonl", "--model", str(tiny_classifier_dir), "--engine", "ray",
-        "--ray-actors", "64", "--device", "cpu", cwd=project, env={**ONE_THREAD, "RAY_ADDRESS": ""}, timeout=600,
+        "batch",
+        "in.jsonl",
+        "-o",
+        "ray2.jsonl",
+        "--model",
+        str(tiny_classifier_dir),
+        "--engine",
+        "ray",
+        "--ray-actors",
+        "64",
+        "--device",
+        "cpu",
+        cwd=project,
+        env={**ONE_THREAD, "RAY_ADDRESS": ""},
+        timeout=600,
     )
     assert result.exit_code == 2
     assert "--ray-actors 64 needs 64 CPUs" in result.stderr

@@ -52,7 +52,10 @@ def test_every_bad_line_kind_is_reported_with_its_line_number(tmp_path: Path) ->
     }
     by_line = {item.line: item for item in items if isinstance(item, BadLine)}
     assert by_line[7].to_dict() == {
-        "line": 7, "error": "duplicate id 'a' (first seen on line 1)", "id": "a", "input": lines[6]
+        "line": 7,
+        "error": "duplicate id 'a' (first seen on line 1)",
+        "id": "a",
+        "input": lines[6],
     }
     assert "id" not in by_line[2].to_dict()
 
@@ -60,8 +63,12 @@ def test_every_bad_line_kind_is_reported_with_its_line_number(tmp_path: Path) ->
 def test_custom_fields_and_integer_ids(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text(
-        json.dumps({"key": 7, "body": "x"}) + "\n" + json.dumps({"key": "7", "body": "y"}) + "\n"
-        + json.dumps({"key": 7, "body": "z"}) + "\n",
+        json.dumps({"key": 7, "body": "x"})
+        + "\n"
+        + json.dumps({"key": "7", "body": "y"})
+        + "\n"
+        + json.dumps({"key": 7, "body": "z"})
+        + "\n",
         encoding="utf-8",
     )
     items = list(read_records(path, text_field="body", id_field="key"))

@@ -119,7 +119,10 @@ def start_server(root: Path) -> Served:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=root, env=clean_env(), stdout=subprocess.DEVNULL, stderr=log,
+            cwd=root,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     return Served(root=root, url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
 

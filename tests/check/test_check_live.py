@@ -67,9 +67,7 @@ def test_switching_off_a_protection_fails_exactly_its_item(
     assert not report.passed and [r.item for r in report.blocking] == [item]
 
 
-def test_an_item_left_out_of_check_required_does_not_gate(
-    switched_off_servers: dict[str, Any], checking: Any
-) -> None:
+def test_an_item_left_out_of_check_required_does_not_gate(switched_off_servers: dict[str, Any], checking: Any) -> None:
     server = switched_off_servers["cache"]
     with checking(server) as ctx:
         ctx.settings.config.check.required = ["health", "metrics"]
@@ -125,8 +123,9 @@ def test_a_plaintext_key_in_the_config_fails_security(full_server: Any, checking
 
 def test_check_command_json_only_and_exit_codes(full_server: Any) -> None:
     env = {"PRODAI_CONFIG": str(full_server.root / "prodai.yaml")}
-    ok = run_cli("check", "--url", full_server.url, "--only", "health", "--only", "docs", "--json",
-                 cwd=full_server.root, env=env)
+    ok = run_cli(
+        "check", "--url", full_server.url, "--only", "health", "--only", "docs", "--json", cwd=full_server.root, env=env
+    )
     assert ok.exit_code == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert [r["item"] for r in data["results"]] == ["health", "docs"]
@@ -142,8 +141,9 @@ def test_check_command_json_only_and_exit_codes(full_server: Any) -> None:
 def test_check_command_exits_1_naming_the_failed_item(switched_off_servers: dict[str, Any]) -> None:
     server = switched_off_servers["metrics"]
     env = {"PRODAI_CONFIG": str(server.root / "prodai.yaml")}
-    result = run_cli("check", "--url", server.url, "--only", "health", "--only", "metrics", "--json",
-                     cwd=server.root, env=env)
+    result = run_cli(
+        "check", "--url", server.url, "--only", "health", "--only", "metrics", "--json", cwd=server.root, env=env
+    )
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["blocking"] == ["metrics"]

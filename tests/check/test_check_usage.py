@@ -12,10 +12,20 @@ from prodai_cli.deploy import records
 
 def _record(root: Path, name: str, target: str) -> None:
     settings = Settings(config=ProdaiConfig(), path=None, root=root)
-    records.save(settings, records.DeploymentRecord(
-        name=name, url="http://127.0.0.1:9" if target == "docker" else str(root / "k8s"), model="clf", version=1,
-        target=target, image="prodai-clf:1", container_id=None, previous_image=None, created=records.now_iso(),
-    ))
+    records.save(
+        settings,
+        records.DeploymentRecord(
+            name=name,
+            url="http://127.0.0.1:9" if target == "docker" else str(root / "k8s"),
+            model="clf",
+            version=1,
+            target=target,
+            image="prodai-clf:1",
+            container_id=None,
+            previous_image=None,
+            created=records.now_iso(),
+        ),
+    )
 
 
 def test_unknown_deployment_lists_the_known_ones(tmp_path: Path) -> None:

@@ -38,14 +38,22 @@ def _down(url: str | None) -> bool:
 def test_ship_of_a_good_version_moves_the_alias_and_records_the_report(configured_project: Any) -> None:
     root = configured_project()
     config_before = (root / "prodai.yaml").read_text(encoding="utf-8")
-    result = run_cli("ship", "clf/2", "--slo", "p95 < 2000ms", "--slo", "error_rate < 1%", "--json",
-                     cwd=root, env=SHIP_ENV, timeout=600)
+    result = run_cli(
+        "ship",
+        "clf/2",
+        "--slo",
+        "p95 < 2000ms",
+        "--slo",
+        "error_rate < 1%",
+        "--json",
+        cwd=root,
+        env=SHIP_ENV,
+        timeout=600,
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["passed"] is True and report["previous"] == 1
-    assert [s["name"] for s in report["steps"]] == [
-        "key", "deploy", "loadtest", "redeploy", "check", "promote", "stop"
-    ]
+    assert [s["name"] for s in report["steps"]] == ["key", "deploy", "loadtest", "redeploy", "check", "promote", "stop"]
     assert report["loadtest"]["passed"] is True and report["checks"]["passed"] is True
     registry = _registry(root)
     assert registry.get_version("clf@production").version == 2

@@ -52,12 +52,24 @@ def test_ship_to_docker_keeps_the_passing_candidate_running(
     docker_project: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     env = {
-        "PRODAI_CHECK__SHIP_DURATION": "5s", "PRODAI_CHECK__SHIP_WARMUP": "1s", "PRODAI_CHECK__SHIP_USERS": "4",
+        "PRODAI_CHECK__SHIP_DURATION": "5s",
+        "PRODAI_CHECK__SHIP_WARMUP": "1s",
+        "PRODAI_CHECK__SHIP_USERS": "4",
         "PRODAI_CACHE_DIR": str(tmp_path_factory.mktemp("prodai-cache")),
     }
     config_before = (docker_project / "prodai.yaml").read_text(encoding="utf-8")
-    result = run_cli("ship", "clf/2", "--target", "docker", "--slo", "p95 < 2000ms", "--json",
-                     cwd=docker_project, env=env, timeout=1500)
+    result = run_cli(
+        "ship",
+        "clf/2",
+        "--target",
+        "docker",
+        "--slo",
+        "p95 < 2000ms",
+        "--json",
+        cwd=docker_project,
+        env=env,
+        timeout=1500,
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["passed"] is True and report["target"] == "docker"

@@ -11,8 +11,20 @@ from helpers import REPO_ROOT, run_cli
 
 from prodai_cli.cli import app
 
-HEAVY = ("torch", "transformers", "mlflow", "docker", "locust", "ray", "fastapi", "uvicorn", "redis", "gevent",
-         "pydantic", "sentence_transformers")
+HEAVY = (
+    "torch",
+    "transformers",
+    "mlflow",
+    "docker",
+    "locust",
+    "ray",
+    "fastapi",
+    "uvicorn",
+    "redis",
+    "gevent",
+    "pydantic",
+    "sentence_transformers",
+)
 
 
 def _all_commands() -> list[list[str]]:
@@ -34,7 +46,9 @@ def _all_commands() -> list[list[str]]:
 def test_command_reference_is_in_sync() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "gen_cli_reference.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -88,11 +102,19 @@ def test_ruff_bans_cli_toolkit_in_core_modules(module: str) -> None:
     source = f"import {module}\n"
     core = subprocess.run(
         [str(ruff), "check", "--select", "TID251", "--stdin-filename", "prodai_cli/runtime/fake_core.py", "-"],
-        input=source, capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+        input=source,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
     )
     assert core.returncode == 1 and "TID251" in core.stdout, core.stdout
     command = subprocess.run(
         [str(ruff), "check", "--select", "TID251", "--stdin-filename", "prodai_cli/commands/fake_cmd.py", "-"],
-        input=source, capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+        input=source,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
     )
     assert command.returncode == 0, command.stdout

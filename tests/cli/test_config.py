@@ -22,8 +22,18 @@ def test_example_file_is_the_generated_default_and_valid() -> None:
     config = parse_config_text(example, "prodai.yaml.example")
     assert config.serving.port == 8000
     # Every section of the schema is present and commented.
-    for section in ("registry", "serving", "ab", "cache", "rate_limit", "auth", "monitoring", "deploy", "batch",
-                    "loadtest"):
+    for section in (
+        "registry",
+        "serving",
+        "ab",
+        "cache",
+        "rate_limit",
+        "auth",
+        "monitoring",
+        "deploy",
+        "batch",
+        "loadtest",
+    ):
         assert f"\n{section}:" in example
     assert example.count("#") > 50
 

@@ -38,12 +38,23 @@ def test_register_prints_the_version_and_json(registered_copy: Path, tiny_classi
     assert human.exit_code == 0, human.stderr
     assert human.stdout.strip() == "Registered clf version 3 (models:/clf/3)"
     as_json = run_cli(
-        "register", str(tiny_classifier_dir), "--name", "other", "--alias", "candidate", "--tag", "team=nlp",
-        "--json", cwd=registered_copy,
+        "register",
+        str(tiny_classifier_dir),
+        "--name",
+        "other",
+        "--alias",
+        "candidate",
+        "--tag",
+        "team=nlp",
+        "--json",
+        cwd=registered_copy,
     )
     assert as_json.exit_code == 0, as_json.stderr
     assert as_json.json() == {
-        "name": "other", "version": 1, "uri": "models:/other/1", "aliases": ["candidate"],
+        "name": "other",
+        "version": 1,
+        "uri": "models:/other/1",
+        "aliases": ["candidate"],
         "task": "text-classification",
     }
     shown = _versions(registered_copy, "other")[0]

@@ -25,8 +25,11 @@ PROMETHEUS_IMAGE = "prodai-test-prometheus:local"
 
 def _libraries(binary: str) -> list[str]:
     output = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    return [parts[2] for parts in (line.split() for line in output.splitlines()) if len(parts) >= 3
-            and parts[1] == "=>" and parts[2].startswith("/")]
+    return [
+        parts[2]
+        for parts in (line.split() for line in output.splitlines())
+        if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith("/")
+    ]
 
 
 def _package_image(client: Any, tmp: Path, tag: str, binary: str, tail: str) -> None:
@@ -52,8 +55,7 @@ def service_images(docker_client: Any, tmp_path_factory: pytest.TempPathFactory)
     tmp = tmp_path_factory.mktemp("service-images")
     for tag, binary, tail in (
         (REDIS_IMAGE, "/usr/bin/redis-server", 'CMD ["redis-server"]'),
-        (PROMETHEUS_IMAGE, "/usr/bin/prometheus",
-         'WORKDIR /prometheus\nENTRYPOINT ["/usr/local/bin/prometheus"]'),
+        (PROMETHEUS_IMAGE, "/usr/bin/prometheus", 'WORKDIR /prometheus\nENTRYPOINT ["/usr/local/bin/prometheus"]'),
     ):
         if engine.image_info(docker_client, tag) is None:
             if shutil.which(binary) is None and not Path(binary).exists():
@@ -85,12 +87,23 @@ def test_compose_stack_starts_replicas_that_answer_and_stops(
     container_project.joinpath("prodai.yaml").chmod(0o644)
     port = _two_free_ports()
     name = f"prodaitest{port}"
-    env = {**deploy_env, "PRODAI_DEPLOY__REDIS_IMAGE": REDIS_IMAGE,
-           "PRODAI_DEPLOY__PROMETHEUS_IMAGE": PROMETHEUS_IMAGE}
+    env = {**deploy_env, "PRODAI_DEPLOY__REDIS_IMAGE": REDIS_IMAGE, "PRODAI_DEPLOY__PROMETHEUS_IMAGE": PROMETHEUS_IMAGE}
     try:
-        result = run_cli("deploy", "--target", "compose", "--port", str(port), "--name", name,
-                         "--tag", f"prodai-test-compose:{port}", "--json", cwd=container_project, env=env,
-                         timeout=1500)
+        result = run_cli(
+            "deploy",
+            "--target",
+            "compose",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--tag",
+            f"prodai-test-compose:{port}",
+            "--json",
+            cwd=container_project,
+            env=env,
+            timeout=1500,
+        )
         assert result.exit_code == 0, result.stderr[-4000:]
         data = result.json()
         assert isinstance(data, dict) and data["target"] == "compose" and data["started"] is True
@@ -98,15 +111,27 @@ def test_compose_stack_starts_replicas_that_answer_and_stops(
             response = httpx.post(f"http://127.0.0.1:{replica_port}/predict", json={"text": "hello"}, timeout=30)
             assert response.status_code == 200, response.text
             assert response.json()["model_version"] == "1"
-        running = {c.labels.get("com.docker.compose.service"): c.status
-                   for c in docker_client.containers.list(filters={"label": f"com.docker.compose.project={name}"})}
+        running = {
+            c.labels.get("com.docker.compose.service"): c.status
+            for c in docker_client.containers.list(filters={"label": f"com.docker.compose.project={name}"})
+        }
         assert running == {"server": "running", "redis": "running", "prometheus": "running"}
         stopped = run_cli("deploy", "stop", name, cwd=container_project, env=env, timeout=300)
         assert stopped.exit_code == 0, stopped.stderr
         assert docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={name}"}) == []
     finally:
-        subprocess.run(["docker-compose", "-p", name, "-f",
-                        str(container_project / ".prodai" / "compose" / name / "docker-compose.yml"), "down", "-v"],
-                       capture_output=True, check=False)
+        subprocess.run(
+            [
+                "docker-compose",
+                "-p",
+                name,
+                "-f",
+                str(container_project / ".prodai" / "compose" / name / "docker-compose.yml"),
+                "down",
+                "-v",
+            ],
+            capture_output=True,
+            check=False,
+        )
         with contextlib.suppress(Exception):
             docker_client.images.remove(f"prodai-test-compose:{port}", force=True, noprune=True)

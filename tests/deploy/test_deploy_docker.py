@@ -76,8 +76,19 @@ def deployment(
         "PRODAI_DEPLOY__BASE_IMAGE": "prodai-base:bookworm",
         "PRODAI_DEPLOY__READINESS_TIMEOUT_S": "180",
     }
-    result = run_cli("deploy", "--port", str(port), "--name", name, "--tag", f"prodai-test-clf:{port}",
-                     "--json", cwd=project, env=env, timeout=1500)
+    result = run_cli(
+        "deploy",
+        "--port",
+        str(port),
+        "--name",
+        name,
+        "--tag",
+        f"prodai-test-clf:{port}",
+        "--json",
+        cwd=project,
+        env=env,
+        timeout=1500,
+    )
     try:
         assert result.exit_code == 0, result.stderr[-4000:]
         yield {"project": project, "port": port, "name": name, "env": env, "result": result.json()}
@@ -116,9 +127,14 @@ def test_image_holds_no_mlflow_and_no_wheelhouse(deployment: Any, docker_client:
     image = deployment["result"]["image"]
     output = docker_client.containers.run(
         image,
-        ["python3", "-c", "import importlib.util as u, os; "
-         "print(u.find_spec('mlflow') is None, u.find_spec('torch') is not None, os.path.exists('/tmp/wheelhouse'))"],
-        remove=True, network_mode="none",
+        [
+            "python3",
+            "-c",
+            "import importlib.util as u, os; "
+            "print(u.find_spec('mlflow') is None, u.find_spec('torch') is not None, os.path.exists('/tmp/wheelhouse'))",
+        ],
+        remove=True,
+        network_mode="none",
     )
     assert output.decode().split() == ["True", "True", "False"]
 
@@ -163,8 +179,9 @@ def test_status_and_logs(deployment: Any) -> None:
     assert status.exit_code == 0, status.stderr
     entries = {e["name"]: e for e in status.json()}  # type: ignore[union-attr]
     assert entries[deployment["name"]]["state"] == "running"
-    logs = run_cli("deploy", "logs", deployment["name"], "--tail", "20", cwd=deployment["project"],
-                   env=deployment["env"])
+    logs = run_cli(
+        "deploy", "logs", deployment["name"], "--tail", "20", cwd=deployment["project"], env=deployment["env"]
+    )
     assert logs.exit_code == 0, logs.stderr
     assert "/health/ready" in logs.stdout  # the server's access log of the readiness probes
 
@@ -172,8 +189,21 @@ def test_status_and_logs(deployment: Any) -> None:
 def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, docker_client: Any) -> None:
     project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
     first_image = docker_client.containers.get(name).image.id
-    second = run_cli("deploy", "--model", "clf/2", "--port", str(port), "--name", name,
-                     "--tag", f"prodai-test-clf2:{port}", "--json", cwd=project, env=env, timeout=900)
+    second = run_cli(
+        "deploy",
+        "--model",
+        "clf/2",
+        "--port",
+        str(port),
+        "--name",
+        name,
+        "--tag",
+        f"prodai-test-clf2:{port}",
+        "--json",
+        cwd=project,
+        env=env,
+        timeout=900,
+    )
     assert second.exit_code == 0, second.stderr[-4000:]
     assert second.json()["previous_image"] == first_image  # type: ignore[index]
     assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "2"
@@ -210,9 +240,18 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
     port = free_port()
     name = f"prodai-broken-{port}"
     try:
-        result = run_cli("deploy", "--port", str(port), "--name", name, "--tag", f"prodai-test-broken:{port}",
-                         cwd=container_project, env={**deploy_env, "PRODAI_DEPLOY__READINESS_TIMEOUT_S": "90"},
-                         timeout=900)
+        result = run_cli(
+            "deploy",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--tag",
+            f"prodai-test-broken:{port}",
+            cwd=container_project,
+            env={**deploy_env, "PRODAI_DEPLOY__READINESS_TIMEOUT_S": "90"},
+            timeout=900,
+        )
         assert result.exit_code == 1, result.stdout + result.stderr
         assert "last log lines" in result.stderr
         # The tail is the container's own output: the server's JSON log lines.
@@ -227,8 +266,9 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
         remove_images(docker_client, f"prodai-test-broken:{port}")
 
 
-def test_build_with_networking_disabled(docker_client: Any, container_project: Path, wheel_cache: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_with_networking_disabled(
+    docker_client: Any, container_project: Path, wheel_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prodai_cli.config import load_settings
     from prodai_cli.deploy import engine
     from prodai_cli.deploy.context import assemble
@@ -236,8 +276,9 @@ def test_build_with_networking_disabled(docker_client: Any, container_project: P
 
     monkeypatch.setenv("PRODAI_CACHE_DIR", str(wheel_cache))
     (container_project / "prodai.yaml").write_text("serving:\n  model: emb/1\n")
-    plan = plan_deployment(load_settings(container_project / "prodai.yaml"), base_image="prodai-base:bookworm",
-                           tag="prodai-test-offline:1")
+    plan = plan_deployment(
+        load_settings(container_project / "prodai.yaml"), base_image="prodai-base:bookworm", tag="prodai-test-offline:1"
+    )
     context = assemble(plan)
     lines: list[str] = []
     image = engine.build_image(docker_client, context.directory, plan.tag, network_mode="none", progress=lines.append)
@@ -245,8 +286,10 @@ def test_build_with_networking_disabled(docker_client: Any, container_project: P
     assert any("pip install --no-index" in line for line in lines)
     # The server's code path imports inside the image with no network at all.
     output = docker_client.containers.run(
-        image.id, ["python3", "-c", "import prodai_cli.serving.app, sys; print('mlflow' in sys.modules)"],
-        remove=True, network_mode="none",
+        image.id,
+        ["python3", "-c", "import prodai_cli.serving.app, sys; print('mlflow' in sys.modules)"],
+        remove=True,
+        network_mode="none",
     )
     assert output.decode().strip() == "False"
     remove_images(docker_client, plan.tag)

@@ -64,9 +64,16 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
     for relative, text in targets.k8s_manifests(ab_plan, image="img:1").items():
         rendered[f"k8s/{relative}"] = text
     # Every packaged template was exercised by the renders above.
-    produced = {"Dockerfile.j2", "docker-compose.yml.j2", "prometheus.yml.j2", "alerts.yml.j2",
-                "grafana/datasource.yml.j2", "grafana/dashboards.yml.j2", "grafana/prodai-dashboard.json.j2",
-                *(f"k8s/{name}.j2" for name in targets.k8s_manifests(ab_plan, image="img:1"))}
+    produced = {
+        "Dockerfile.j2",
+        "docker-compose.yml.j2",
+        "prometheus.yml.j2",
+        "alerts.yml.j2",
+        "grafana/datasource.yml.j2",
+        "grafana/dashboards.yml.j2",
+        "grafana/prodai-dashboard.json.j2",
+        *(f"k8s/{name}.j2" for name in targets.k8s_manifests(ab_plan, image="img:1")),
+    }
     assert set(template_names()) == produced
     for name, text in rendered.items():
         assert "{%" not in text, name
@@ -131,8 +138,9 @@ def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path
     for relative, text in files.items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text, encoding="utf-8")
-    result = subprocess.run([compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [compose, "-f", str(tmp_path / "docker-compose.yml"), "config"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     normalised = yaml.safe_load(result.stdout)
     assert set(normalised["services"]) == {"server", "redis", "prometheus", "grafana"}
@@ -143,8 +151,9 @@ def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path
     json.loads(files["grafana/dashboards/prodai.json"])  # the dashboard is valid JSON
     # A broken file is refused by the same check.
     (tmp_path / "docker-compose.yml").write_text(files["docker-compose.yml"].replace("services:", "servicez:"))
-    broken = subprocess.run([compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
-                            capture_output=True, text=True, check=False)
+    broken = subprocess.run(
+        [compose, "-f", str(tmp_path / "docker-compose.yml"), "config"], capture_output=True, text=True, check=False
+    )
     assert broken.returncode != 0
 
 
@@ -153,18 +162,21 @@ def test_prometheus_config_and_alert_rules_pass_promtool(ab_plan: Any, tmp_path:
     files = targets.compose_files(ab_plan, image="img:1", port=8080, project_dir=None)
     (tmp_path / "prometheus.yml").write_text(files["prometheus.yml"])
     (tmp_path / "alerts.yml").write_text(files["alerts.yml"])
-    config = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, check=False)
+    config = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, check=False
+    )
     assert config.returncode == 0, config.stdout + config.stderr
-    rules = subprocess.run([promtool, "check", "rules", str(tmp_path / "alerts.yml")],
-                           capture_output=True, text=True, check=False)
+    rules = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
+    )
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert "SUCCESS: 5 rules found" in rules.stdout
     names = {r["alert"] for g in yaml.safe_load(files["alerts.yml"])["groups"] for r in g["rules"]}
     assert {"ProdaiHighErrorRate", "ProdaiHighLatencyP99", "ProdaiBreakerOpen", "ProdaiRateLimitSaturation"} <= names
     (tmp_path / "alerts.yml").write_text(files["alerts.yml"].replace("> 0.01", "> > 0.01"))
-    bad = subprocess.run([promtool, "check", "rules", str(tmp_path / "alerts.yml")],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
+    )
     assert bad.returncode != 0
 
 
@@ -200,8 +212,15 @@ def test_deploy_without_a_model_is_a_usage_error(cli: Any) -> None:
 
 def test_k8s_target_writes_manifests_without_an_engine(registered_copy: Path) -> None:
     (registered_copy / "prodai.yaml").write_text("serving:\n  model: emb\n")
-    result = run_cli("deploy", "--target", "k8s", "--no-build", "--json", cwd=registered_copy,
-                     env={"KUBECONFIG": str(registered_copy / "no-kubeconfig")})
+    result = run_cli(
+        "deploy",
+        "--target",
+        "k8s",
+        "--no-build",
+        "--json",
+        cwd=registered_copy,
+        env={"KUBECONFIG": str(registered_copy / "no-kubeconfig")},
+    )
     assert result.exit_code == 0, result.stderr
     data = result.json()
     assert isinstance(data, dict)
@@ -235,7 +254,8 @@ def test_config_mounts_refuse_to_run_as_root_to_read_a_private_config(tmp_path: 
     mounts, environment, user = targets.config_mounts(settings)
     assert user is None and environment == {"PRODAI_CONFIG": "/app/prodai.yaml"}
     assert [(m["type"], m["target"], m["read_only"]) for m in mounts] == [
-        ("bind", "/app", True), ("volume", "/app/.prodai", False)
+        ("bind", "/app", True),
+        ("volume", "/app/.prodai", False),
     ]
     assert mounts[0]["source"] == str(project)
 
@@ -254,7 +274,9 @@ def test_prodai_wheel_is_reproducible_and_installs(tmp_path: Path) -> None:
     target = tmp_path / "site"
     result = subprocess.run(
         ["python3", "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(first)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (target / "prodai_cli" / "templates" / "k8s" / "deployment.yaml.j2").is_file()
@@ -268,8 +290,15 @@ def test_missing_requirements_follow_the_images_python_markers(tmp_path: Path) -
             lines = "".join(f"Requires-Dist: {r}\n" for r in requires)
             archive.writestr(f"{name}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\n{lines}")
 
-    wheel("redis", ['async-timeout>=4.0.3; python_full_version < "3.11.3"', 'pywin; sys_platform == "win32"',
-                    'extra-thing; extra == "ocsp"', "dep"])
+    wheel(
+        "redis",
+        [
+            'async-timeout>=4.0.3; python_full_version < "3.11.3"',
+            'pywin; sys_platform == "win32"',
+            'extra-thing; extra == "ocsp"',
+            "dep",
+        ],
+    )
     wheel("dep", [])
     assert missing_requirements(tmp_path, "3.11") == ["async-timeout>=4.0.3"]
 
@@ -284,8 +313,15 @@ def test_cpu_variant_pins_the_cpu_torch_build() -> None:
 def test_records_round_trip_and_ignore_unknown_keys(project: Path) -> None:
     settings = load_settings()
     record = records.DeploymentRecord(
-        name="d", url="http://127.0.0.1:1", model="m", version=3, target="docker", image="prodai-m:3",
-        container_id="abc", previous_image=None, created=records.now_iso(),
+        name="d",
+        url="http://127.0.0.1:1",
+        model="m",
+        version=3,
+        target="docker",
+        image="prodai-m:3",
+        container_id="abc",
+        previous_image=None,
+        created=records.now_iso(),
     )
     path = records.save(settings, record)
     data = json.loads(path.read_text())

@@ -231,9 +231,21 @@ class Server:
     def start(self) -> Server:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prodai_cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *self.args],
-                cwd=self.root, env=clean_env(**self.env), stdout=subprocess.DEVNULL, stderr=log,
+                [
+                    sys.executable,
+                    "-m",
+                    "prodai_cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
+                cwd=self.root,
+                env=clean_env(**self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
             )
         return self
 
@@ -329,7 +341,15 @@ def kit() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        BASE_CONFIG=BASE_CONFIG, Answer=Answer, Call=Call, Server=Server, Hammer=Hammer, send_all=send_all,
-        send_at_once=send_at_once, start_all=start_all, make_project=make_project, wait_until=wait_until,
+        BASE_CONFIG=BASE_CONFIG,
+        Answer=Answer,
+        Call=Call,
+        Server=Server,
+        Hammer=Hammer,
+        send_all=send_all,
+        send_at_once=send_at_once,
+        start_all=start_all,
+        make_project=make_project,
+        wait_until=wait_until,
         clean_env=clean_env,
     )

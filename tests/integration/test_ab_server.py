@@ -176,9 +176,7 @@ def switch_call(kit: Any) -> Any:
     return make
 
 
-def test_ab_set_on_a_running_server_shifts_traffic_within_seconds_without_a_failed_request(
-    live: Any, kit: Any
-) -> None:
+def test_ab_set_on_a_running_server_shifts_traffic_within_seconds_without_a_failed_request(live: Any, kit: Any) -> None:
     write_config(live, kit, ab_config(ONLY_V1))
     wait_applied(live, kit, {"v1": (1, 1.0)})
     with kit.Hammer(live.port, switch_call(kit)) as hammer:
@@ -251,9 +249,7 @@ def test_invalid_edits_are_refused_by_the_cli_and_by_the_running_server(live: An
     assert "config reload refused" in log and "weights must sum to 1" in log
 
 
-def test_a_failing_version_opens_its_breaker_and_its_traffic_falls_back_fault_injection(
-    live: Any, kit: Any
-) -> None:
+def test_a_failing_version_opens_its_breaker_and_its_traffic_falls_back_fault_injection(live: Any, kit: Any) -> None:
     """Version 2 raises on every prediction (PRODAI_FAULTS_FILE, see prodai_cli/serving/faults.py), then stops."""
     write_config(live, kit, ab_config(HALF_HALF, FAST_BREAKER))
     wait_applied(live, kit, {"v1": (1, 0.5), "v2": (2, 0.5)})
@@ -301,8 +297,12 @@ def test_a_failing_version_opens_its_breaker_and_its_traffic_falls_back_fault_in
     assert not any("x-fallback" in a.headers for _, a in recovered)
     assert live.metric("prodai_breaker_open", model_version="2") == 0
     # A fallback's answer was not cached under v2's key: the same text now gets v2's own answer.
-    again = kit.send_all(live.port, [kit.Call({"text": f"failing {i}"}, {"X-User-ID": u}) for i, (u, _) in
-                                     enumerate(failing) if u in v2_users][:20])
+    again = kit.send_all(
+        live.port,
+        [kit.Call({"text": f"failing {i}"}, {"X-User-ID": u}) for i, (u, _) in enumerate(failing) if u in v2_users][
+            :20
+        ],
+    )
     assert all(a.status == 200 and a.json()["model_version"] == "2" for a in again)
 
 

@@ -71,7 +71,10 @@ def guarded(
     The per-IP and failed-auth limits are out of reach (bursts of 100,000 and 1,000) but refill slowly (one
     request per 10 s), so their Redis keys live long enough for the TTL test to see them.
     """
-    config = kit.BASE_CONFIG + AB_HALF + f"""\
+    config = (
+        kit.BASE_CONFIG
+        + AB_HALF
+        + f"""\
 redis_url: {module_redis.url}
 cache:
   backend: redis
@@ -87,11 +90,20 @@ rate_limit:
 auth:
   enabled: true
 """
+    )
     root = kit.make_project(registered_project, tmp_path_factory.mktemp("guarded") / "proj", config)
     keys = add_keys(
         root,
-        ["limit", "shared", "ttl", "cache", "over", "warm", *(f"flight-{i}" for i in range(5)),
-         *(f"mixed-{i}" for i in range(5))],
+        [
+            "limit",
+            "shared",
+            "ttl",
+            "cache",
+            "over",
+            "warm",
+            *(f"flight-{i}" for i in range(5)),
+            *(f"mixed-{i}" for i in range(5)),
+        ],
     )
     server = kit.Server(root)
     kit.start_all(server)
@@ -156,6 +168,7 @@ def test_every_limiter_and_cache_key_in_redis_has_a_ttl(guarded: Any, kit: Any, 
     assert [a.status for a in answers] == [200] * 5 + [401] * 3
     client = module_redis.client()
     limiter_keys = redis_keys(module_redis, "prodai:rl:")
+
     # Cache stores are background writes (they ride along with a later round trip, or go within 20 ms).
     def five_cache_entries() -> list[bytes] | None:
         found = redis_keys(module_redis, "prodai:cache:")
@@ -192,8 +205,10 @@ def test_equal_inputs_share_a_cache_entry_and_another_version_does_not(
     assert answers[0].json() == answers[1].json() == answers[2].json()
     assert answers[0].json()["model_version"] == "1" and answers[3].json()["model_version"] == "2"
     # Batches share the entries too, in any order.
-    batch = [kit.Call({"texts": ["café au lait", "second text"]}, on_v1, path="/predict/batch"),
-             kit.Call({"texts": ["second text", "café au lait"]}, on_v1, path="/predict/batch")]
+    batch = [
+        kit.Call({"texts": ["café au lait", "second text"]}, on_v1, path="/predict/batch"),
+        kit.Call({"texts": ["second text", "café au lait"]}, on_v1, path="/predict/batch"),
+    ]
     first, permuted = kit.send_all(guarded.port, batch, concurrency=1)
     assert (first.headers["x-cache"], permuted.headers["x-cache"]) == ("MISS", "HIT")
     assert first.json()["predictions"][0] == answers[0].json()
@@ -201,7 +216,9 @@ def test_equal_inputs_share_a_cache_entry_and_another_version_does_not(
     # One entry per (version, text): v1 cafe, v2 cafe, v1 second text (background writes: wait for them).
     kit.wait_until(
         lambda: len(redis_keys(module_redis, "prodai:cache:")) - entries_before >= 3,
-        timeout=5, interval=0.02, what="3 new cache entries",
+        timeout=5,
+        interval=0.02,
+        what="3 new cache entries",
     )
     time.sleep(0.1)  # and no fourth: nothing else is still on its way
     assert len(redis_keys(module_redis, "prodai:cache:")) - entries_before == 3
@@ -246,10 +263,14 @@ def test_over_the_limit_gets_429_for_cached_and_new_texts_and_never_leaks_to_ide
     texts_before = sample_sum(guarded.metrics(), "prodai_batch_size_sum")
     hit, new, batch, bad = kit.send_all(
         guarded.port,
-        [kit.Call({"text": cached_text}, over), kit.Call({"text": f"new {uuid.uuid4()}"}, over),
-         kit.Call({"texts": [cached_text, *(f"batch {i} {uuid.uuid4()}" for i in range(3))]}, over,
-                  path="/predict/batch"),
-         kit.Call({"texts": "not a list"}, over)],
+        [
+            kit.Call({"text": cached_text}, over),
+            kit.Call({"text": f"new {uuid.uuid4()}"}, over),
+            kit.Call(
+                {"texts": [cached_text, *(f"batch {i} {uuid.uuid4()}" for i in range(3))]}, over, path="/predict/batch"
+            ),
+            kit.Call({"texts": "not a list"}, over),
+        ],
         concurrency=1,
     )
     for answer in (hit, new, batch, bad):  # the limit wins over a cached answer, misses and a 422 alike
@@ -277,7 +298,9 @@ def test_over_the_limit_gets_429_for_cached_and_new_texts_and_never_leaks_to_ide
 def test_killing_redis_under_load_yields_no_5xx_and_restarting_restores_cache_and_limits(
     registered_project: Path, tmp_path: Path, kit: Any, servers: list[Any], redis_process: RedisServer
 ) -> None:
-    config = kit.BASE_CONFIG + f"""\
+    config = (
+        kit.BASE_CONFIG
+        + f"""\
 redis_url: {redis_process.url}
 cache: {{backend: redis, redis_timeout_s: 0.1, redis_retry_s: 0.5, local_ttl_s: 0}}
 rate_limit:
@@ -288,6 +311,7 @@ rate_limit:
 auth:
   enabled: false
 """
+    )
     root = kit.make_project(registered_project, tmp_path / "proj", config)
     server = kit.Server(root, "--model", "clf/1")
     servers.append(server)
@@ -322,6 +346,7 @@ auth:
         return (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
 
     kit.wait_until(cached_again, timeout=20, interval=0.5, what="the cache to use Redis again")
+
     # ...and the limiter decides in Redis again (its keys are back, expiring; no more fallbacks). Its guard
     # recovers on its own clock (one slow call on a loaded machine backs it off for redis_retry_s), so wait
     # for a round of requests that needs no fallback rather than demanding the very next one does.
@@ -346,12 +371,16 @@ auth:
 def test_every_auth_refusal_over_http_and_no_key_in_any_log(
     registered_project: Path, tmp_path: Path, kit: Any, servers: list[Any]
 ) -> None:
-    config = kit.BASE_CONFIG + AB_HALF + """\
+    config = (
+        kit.BASE_CONFIG
+        + AB_HALF
+        + """\
 auth:
   enabled: true
 rate_limit:
   auth_failures: {rate: 30, period_s: 60, burst: 0}
 """
+    )
     root = kit.make_project(registered_project, tmp_path / "proj", config)
     keys = add_keys(root, ["client", "leaver"])
     keys |= add_keys(root, ["ops"], scopes=("admin",))

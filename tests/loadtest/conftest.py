@@ -77,9 +77,22 @@ def served(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prodai_cli", "serve", "--model", "clf@production", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "prodai_cli",
+                "serve",
+                "--model",
+                "clf@production",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     server = ServedProject(root=root, url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
     try:
@@ -93,4 +106,3 @@ def served(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-

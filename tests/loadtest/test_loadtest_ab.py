@@ -50,7 +50,10 @@ def ab_server(registered_project: Path, tmp_path_factory: pytest.TempPathFactory
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     try:
         deadline = time.monotonic() + 240
@@ -93,9 +96,24 @@ def _variant_counts(url: str) -> dict[str, float]:
 def test_user_ids_exercise_every_arm_and_figures_are_per_variant(ab_server: dict[str, Any], tmp_path: Path) -> None:
     before = _variant_counts(ab_server["url"])
     result = run_cli(
-        "loadtest", "--json", "--url", ab_server["url"], "-u", "4", "-r", "20", "--duration", "4s",
-        "--user-ids", "40", "--slo", "error_rate < 1%", "--report-dir", str(tmp_path / "r"),
-        cwd=ab_server["root"], timeout=240,
+        "loadtest",
+        "--json",
+        "--url",
+        ab_server["url"],
+        "-u",
+        "4",
+        "-r",
+        "20",
+        "--duration",
+        "4s",
+        "--user-ids",
+        "40",
+        "--slo",
+        "error_rate < 1%",
+        "--report-dir",
+        str(tmp_path / "r"),
+        cwd=ab_server["root"],
+        timeout=240,
     )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)

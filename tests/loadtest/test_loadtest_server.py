@@ -38,8 +38,23 @@ def test_healthy_run_passes_its_slos_and_writes_reports(served: Any, tmp_path: P
     report_dir = tmp_path / "reports"
     sent_before = served.predict_count("200")
     code, summary, stderr = _loadtest(
-        served, "--url", served.url, "--duration", "5s", "--warmup", "1s", "--user-ids", "20",
-        "--slo", "p95 < 5s", "--slo", "error_rate < 1%", "--slo", "rps > 1", "--report-dir", str(report_dir),
+        served,
+        "--url",
+        served.url,
+        "--duration",
+        "5s",
+        "--warmup",
+        "1s",
+        "--user-ids",
+        "20",
+        "--slo",
+        "p95 < 5s",
+        "--slo",
+        "error_rate < 1%",
+        "--slo",
+        "rps > 1",
+        "--report-dir",
+        str(report_dir),
     )
     assert code == 0, stderr
     assert summary is not None and summary["passed"] is True and summary["failed"] == []
@@ -71,8 +86,17 @@ def test_healthy_run_passes_its_slos_and_writes_reports(served: Any, tmp_path: P
 
 def test_an_slo_it_cannot_meet_fails_with_exit_1_and_is_named(served: Any, tmp_path: Path) -> None:
     code, summary, stderr = _loadtest(
-        served, "--url", served.url, "--duration", "3s", "--slo", "p95 < 1ms", "--slo", "error_rate < 1%",
-        "--report-dir", str(tmp_path / "r"),
+        served,
+        "--url",
+        served.url,
+        "--duration",
+        "3s",
+        "--slo",
+        "p95 < 1ms",
+        "--slo",
+        "error_rate < 1%",
+        "--report-dir",
+        str(tmp_path / "r"),
     )
     assert code == 1, stderr
     assert summary is not None and summary["passed"] is False
@@ -92,8 +116,19 @@ def test_server_errors_fail_error_rate(served: Any, tmp_path: Path) -> None:
     data.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     refused_before = served.predict_count("422")
     code, summary, stderr = _loadtest(
-        served, "--url", served.url, "--duration", "4s", "--data", str(data),
-        "--slo", "error_rate < 1%", "--slo", "p95 < 5s", "--report-dir", str(tmp_path / "r"),
+        served,
+        "--url",
+        served.url,
+        "--duration",
+        "4s",
+        "--data",
+        str(data),
+        "--slo",
+        "error_rate < 1%",
+        "--slo",
+        "p95 < 5s",
+        "--report-dir",
+        str(tmp_path / "r"),
     )
     assert code == 1, stderr
     assert summary is not None and summary["failed"] == ["error_rate < 1%"]
@@ -111,8 +146,19 @@ def test_server_errors_fail_error_rate(served: Any, tmp_path: Path) -> None:
 def test_workers_run_and_their_totals_add_up(served: Any, tmp_path: Path) -> None:
     sent_before = served.predict_count("200")
     code, summary, stderr = _loadtest(
-        served, "--url", served.url, "--duration", "5s", "--warmup", "1s", "--workers", "2",
-        "--slo", "error_rate < 1%", "--report-dir", str(tmp_path / "r"),
+        served,
+        "--url",
+        served.url,
+        "--duration",
+        "5s",
+        "--warmup",
+        "1s",
+        "--workers",
+        "2",
+        "--slo",
+        "error_rate < 1%",
+        "--report-dir",
+        str(tmp_path / "r"),
     )
     assert code == 0, stderr
     assert summary is not None and summary["settings"]["workers"] == 2

@@ -71,8 +71,15 @@ def test_plan_uses_config_defaults_and_headers(project: Path) -> None:
     assert plan.report_dir is not None and plan.report_dir.parent == project / ".prodai" / "loadtests"
     assert plan.report_dir.name.endswith("-127.0.0.1_9")
     # Options win over the config.
-    plan = build_plan(load_settings(), url="http://127.0.0.1:9", users=2, duration="10s", warmup="0s",
-                      slos=["rps > 1"], check_target=False)
+    plan = build_plan(
+        load_settings(),
+        url="http://127.0.0.1:9",
+        users=2,
+        duration="10s",
+        warmup="0s",
+        slos=["rps > 1"],
+        check_target=False,
+    )
     assert (plan.users, plan.duration_s, plan.warmup_s, [s.text for s in plan.slos]) == (2, 10.0, 0.0, ["rps > 1"])
 
 
@@ -128,7 +135,10 @@ def test_unreachable_url_exits_2_without_running(project: Path) -> None:
 
 def test_help_has_an_example() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "prodai_cli", "loadtest", "--help"], capture_output=True, text=True, cwd=REPO_ROOT,
+        [sys.executable, "-m", "prodai_cli", "loadtest", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
         timeout=60,
     )
     assert proc.returncode == 0

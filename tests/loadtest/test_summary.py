@@ -14,18 +14,32 @@ from prodai_cli.slo import parse_slos
 
 
 def _row(name: str, requests: int, failures: int, p95: float | None = 10.0) -> dict[str, Any]:
-    return {"name": name, "method": "POST", "requests": requests, "failures": failures,
-            "error_rate": failures / requests if requests else None, "p95_ms": p95, "p99_ms": p95, "avg_ms": p95,
-            "rps": float(requests)}
+    return {
+        "name": name,
+        "method": "POST",
+        "requests": requests,
+        "failures": failures,
+        "error_rate": failures / requests if requests else None,
+        "p95_ms": p95,
+        "p99_ms": p95,
+        "avg_ms": p95,
+        "rps": float(requests),
+    }
 
 
 def _final(entries: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     requests = sum(r["requests"] for r in entries)
     failures = sum(r["failures"] for r in entries)
     total = {**_row("Aggregated", requests, failures, 20.0 if requests else None), "method": ""}
-    return {"window": {"total": total, "entries": entries, "errors": []},
-            "run": {"total": {**total, "requests": requests + 5}, "entries": entries, "errors": []},
-            "window_seconds": 4.0, "workers": [], "exceptions": [], "error": None, **extra}
+    return {
+        "window": {"total": total, "entries": entries, "errors": []},
+        "run": {"total": {**total, "requests": requests + 5}, "entries": entries, "errors": []},
+        "window_seconds": 4.0,
+        "workers": [],
+        "exceptions": [],
+        "error": None,
+        **extra,
+    }
 
 
 def test_variants_come_from_request_names_and_unlabelled_failures_are_grouped() -> None:
@@ -34,8 +48,9 @@ def test_variants_come_from_request_names_and_unlabelled_failures_are_grouped() 
     assert list(by_variant) == ["(none)", "a", "b"]
     assert by_variant["a"]["requests"] == 60 and by_variant["a"]["failures"] == 1
     assert by_variant["(none)"]["failures"] == 2
-    assert endpoints(rows) == [{"method": "POST", "name": "/predict", "requests": 100, "failures": 3,
-                                "error_rate": 0.03}]
+    assert endpoints(rows) == [
+        {"method": "POST", "name": "/predict", "requests": 100, "failures": 3, "error_rate": 0.03}
+    ]
 
 
 def test_no_variants_when_the_server_names_none() -> None:
@@ -43,8 +58,11 @@ def test_no_variants_when_the_server_names_none() -> None:
 
 
 def test_summary_verdict_names_failed_slos(tmp_path: Path) -> None:
-    plan = LoadtestPlan(target=Target(url="http://h:1", model="clf", version=3),
-                        slos=parse_slos(["p95 < 50ms", "error_rate < 1%"]), report_dir=tmp_path)
+    plan = LoadtestPlan(
+        target=Target(url="http://h:1", model="clf", version=3),
+        slos=parse_slos(["p95 < 50ms", "error_rate < 1%"]),
+        report_dir=tmp_path,
+    )
     summary, results = build_summary(plan, _final([_row("/predict [a]", 100, 5)]), started_at=0, finished_at=9)
     assert summary["passed"] is False
     assert summary["failed"] == ["error_rate < 1%"]
@@ -69,10 +87,12 @@ def test_summary_fails_without_requests_or_with_locust_errors(tmp_path: Path) ->
 
 
 def test_mlflow_fields_flatten_figures_and_variants(tmp_path: Path) -> None:
-    plan = LoadtestPlan(target=Target(url="http://h:1", deployment="web"), users=3,
-                        slos=parse_slos(["p95 < 50ms"]), report_dir=tmp_path)
-    summary, _ = build_summary(plan, _final([_row("/predict [a]", 10, 0), _row("/predict [b]", 10, 1)]),
-                               started_at=0, finished_at=1)
+    plan = LoadtestPlan(
+        target=Target(url="http://h:1", deployment="web"), users=3, slos=parse_slos(["p95 < 50ms"]), report_dir=tmp_path
+    )
+    summary, _ = build_summary(
+        plan, _final([_row("/predict [a]", 10, 0), _row("/predict [b]", 10, 1)]), started_at=0, finished_at=1
+    )
     fields = mlflow_fields(summary)
     metrics = fields["metrics"]
     assert metrics["requests"] == 20 and metrics["failures"] == 1 and metrics["p95_ms"] == 20.0

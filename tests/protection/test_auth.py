@@ -99,7 +99,7 @@ def test_an_invalid_edit_keeps_the_last_good_keys(config_path: Path) -> None:
     key = create_key(settings, "steady").key
     store = store_for(config_path)
     good = config_path.read_text()
-    config_path.write_text(good.replace("header: \"X-API-Key\"", "header: [oops"))
+    config_path.write_text(good.replace('header: "X-API-Key"', "header: [oops"))
     result = store.verify(key)
     assert result.ok  # the server keeps serving with the keys it had
     assert store.reload_errors == 1 and store.last_reload_error is not None

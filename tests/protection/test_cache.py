@@ -98,7 +98,13 @@ def test_memory_hit_after_miss_with_counters_and_statuses() -> None:
         third = await cache.get_or_compute(key, lambda: model("good movie"))
         assert third.value["label"] == "POSITIVE"
         assert cache.stats() == {
-            "hits": 2, "misses": 1, "coalesced": 0, "bypasses": 0, "errors": 0, "oversize": 0, "stores": 1,
+            "hits": 2,
+            "misses": 1,
+            "coalesced": 0,
+            "bypasses": 0,
+            "errors": 0,
+            "oversize": 0,
+            "stores": 1,
             "local_hits": 0,
         }
 

@@ -83,7 +83,8 @@ def test_killing_redis_under_load_fails_open_and_restarting_restores_both(redis_
 
     def count(phase_name: str, backend: str | None = None, status: str | None = None) -> int:
         return sum(
-            n for (p, b, s), n in outcomes.items()
+            n
+            for (p, b, s), n in outcomes.items()
             if p == phase_name and (backend is None or b == backend) and (status is None or s == status)
         )
 

@@ -11,8 +11,15 @@ from prodai_cli.config import FiltersConfig, parse_config_text
 from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.filters import OutputFilter, luhn_valid, normalize_text
 
-VALID_CARDS = ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005",
-               "3782 822463 10005", "5555555555554444", "6011111111111117"]
+VALID_CARDS = [
+    "4111111111111111",
+    "4111 1111 1111 1111",
+    "4111-1111-1111-1111",
+    "378282246310005",
+    "3782 822463 10005",
+    "5555555555554444",
+    "6011111111111117",
+]
 
 
 def default_filter() -> OutputFilter:
@@ -51,9 +58,7 @@ def test_digit_runs_that_are_not_cards_stay(text: str) -> None:
 def test_ssn_email_and_mixed_text() -> None:
     f = default_filter()
     text = "SSN 123-45-6789, mail jane.doe+x@example.co.uk, card 4111 1111 1111 1111 and 42 more."
-    assert f.redact_text(text) == (
-        "SSN [REDACTED:ssn], mail [REDACTED:email], card [REDACTED:card] and 42 more."
-    )
+    assert f.redact_text(text) == ("SSN [REDACTED:ssn], mail [REDACTED:email], card [REDACTED:card] and 42 more.")
     assert f.redactions == {"ssn": 1, "email": 1, "card": 1}
     # Numbers that cannot be SSNs (area 000/666/9xx, group 00, serial 0000) or are part of longer runs stay.
     for text in ("000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000", "2024-123-45-6789"):

@@ -27,10 +27,14 @@ def test_defaults_are_safe() -> None:
         ),
         ("auth:\n  keys:\n    - name: a\n      hash: pk_plaintext\n", r"auth\.keys\.0\.hash: .*never the key itself"),
         (f"auth:\n  keys:\n    - name: 'bad name'\n      hash: {HASH}\n", r"auth\.keys\.0\.name: .*line 3"),
-        (f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      expires: tomorrow\n",
-         r"auth\.keys\.0\.expires: .*not an ISO 8601 timestamp"),
-        (f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      created: '2026-01-01T00:00:00'\n",
-         r"auth\.keys\.0\.created: .*needs a time zone"),
+        (
+            f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      expires: tomorrow\n",
+            r"auth\.keys\.0\.expires: .*not an ISO 8601 timestamp",
+        ),
+        (
+            f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      created: '2026-01-01T00:00:00'\n",
+            r"auth\.keys\.0\.created: .*needs a time zone",
+        ),
         (f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      scopes: []\n", r"at least one scope"),
         (f"auth:\n  keys:\n    - name: a\n      hash: {HASH}\n      scopes: [root]\n", r"auth\.keys\.0\.scopes\.0"),
         (

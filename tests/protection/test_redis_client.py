@@ -81,7 +81,8 @@ def test_an_error_reply_fails_only_its_command(redis_server: str) -> None:
         client = PipelinedRedis(redis_server)
         await client.execute("SET", "text", "x", timeout=T)
         wrong, right = await asyncio.gather(
-            client.execute("LPUSH", "text", "1", timeout=T), client.execute("GET", "text", timeout=T),
+            client.execute("LPUSH", "text", "1", timeout=T),
+            client.execute("GET", "text", timeout=T),
             return_exceptions=True,
         )
         assert isinstance(wrong, RedisReplyError) and str(wrong).startswith("WRONGTYPE")
@@ -197,10 +198,26 @@ def test_unix_socket_url(tmp_path: Path) -> None:
 def _self_signed(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(directory / "key.pem"), "-out",
-         str(directory / "cert.pem")],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(directory / "key.pem"),
+            "-out",
+            str(directory / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
     )
     return directory / "cert.pem"
 
@@ -210,9 +227,18 @@ def test_tls_url_checks_the_certificate(tmp_path: Path) -> None:
     cert = _self_signed(tmp_path / "tls")
     tls_port = free_port()
     server = RedisServer(
-        free_port(), tmp_path / "server",
-        extra_args=["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file",
-                    str(cert.parent / "key.pem"), "--tls-auth-clients", "no"],
+        free_port(),
+        tmp_path / "server",
+        extra_args=[
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(cert.parent / "key.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
     )
     server.start()
     try:
@@ -238,9 +264,7 @@ def test_tls_url_checks_the_certificate(tmp_path: Path) -> None:
 def test_limit_script_and_cache_lookup_of_one_request_share_one_write(redis_server: str) -> None:
     """What the server relies on: the deferred limit decision and the cache lookup cost one round trip."""
     rule = LimitRule(rate=1000, period_s=1, burst=0)
-    limiter = RateLimiter(
-        RateLimitConfig(backend="redis", per_key=rule, per_ip=rule, redis_timeout_s=1), redis_server
-    )
+    limiter = RateLimiter(RateLimitConfig(backend="redis", per_key=rule, per_ip=rule, redis_timeout_s=1), redis_server)
     cache = ResponseCache(CacheConfig(backend="redis", redis_timeout_s=1, local_ttl_s=0), redis_server)
 
     async def scenario() -> None:

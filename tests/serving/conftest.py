@@ -43,7 +43,12 @@ class ThreadServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on",
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
@@ -110,7 +115,10 @@ class ServerProcess:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prodai_cli", "serve", "--port", str(self.port), *args],
-            cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
 
     def log(self) -> str:

@@ -32,8 +32,12 @@ def forward_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_two_models_load_on_exiting_threads_and_run_every_pass_on_the_compute_thread(
-    tmp_path: Path, tiny_classifier_dir: Path, tiny_classifier_dir_b: Path, forward_threads: list[str],
-    monkeypatch: pytest.MonkeyPatch, settings_for: Any,
+    tmp_path: Path,
+    tiny_classifier_dir: Path,
+    tiny_classifier_dir_b: Path,
+    forward_threads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings_for: Any,
 ) -> None:
     settings = settings_for(tmp_path)
     pool = ModelPool(settings, settings.config.serving, ServerMetrics())

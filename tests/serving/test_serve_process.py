@@ -42,7 +42,9 @@ def test_sigterm_under_load_finishes_in_flight_requests(
     tiny_classifier_dir: Path, tmp_path: Path, serve_process: Any
 ) -> None:
     server = serve_process(
-        tmp_path, "--model", str(tiny_classifier_dir),
+        tmp_path,
+        "--model",
+        str(tiny_classifier_dir),
         env={"PRODAI_SERVING__DRAIN_DELAY_S": "0", "PRODAI_SERVING__GRACE_PERIOD_S": "20"},
     )
     server.wait_ready()

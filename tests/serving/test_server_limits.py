@@ -41,9 +41,7 @@ def test_slow_predictions_time_out_with_504(
 ) -> None:
     settings = settings_for(tmp_path, request_timeout_s=0.001)
     server = thread_server(settings, str(tiny_classifier_dir))
-    response = httpx.post(
-        f"{server.url}/predict/batch", json={"texts": ["good movie " * 60] * 64}, timeout=30
-    )
+    response = httpx.post(f"{server.url}/predict/batch", json={"texts": ["good movie " * 60] * 64}, timeout=30)
     assert response.status_code == 504
     assert response.json()["code"] == "timeout"
     assert response.headers["x-model-version"] == "local"

@@ -167,8 +167,7 @@ class CircuitBreaker:
             self._consecutive += 1
             failures = self._window.count(False)
             rate_tripped = (
-                len(self._window) >= self.config.min_calls
-                and failures / len(self._window) >= self.config.failure_rate
+                len(self._window) >= self.config.min_calls and failures / len(self._window) >= self.config.failure_rate
             )
             if self._consecutive >= self.config.consecutive_failures or rate_tripped:
                 self._open()

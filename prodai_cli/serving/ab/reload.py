@@ -92,9 +92,7 @@ class ReloadMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        self.reloads = Counter(
-            "prodai_config_reloads", "Config reloads, by result", ["result"], registry=registry
-        )
+        self.reloads = Counter("prodai_config_reloads", "Config reloads, by result", ["result"], registry=registry)
 
 
 def resolve_router(settings: Settings, config: ProdaiConfig) -> ABRouter:

@@ -227,9 +227,7 @@ class ABRouter:
         candidates.sort(key=lambda v: (v.name != self.fallback, -v.weight, v.name))
         return tuple(candidates)
 
-    def fallback_for(
-        self, failed: Variant, acquire: Callable[[int], PermitT | None]
-    ) -> tuple[Variant, PermitT] | None:
+    def fallback_for(self, failed: Variant, acquire: Callable[[int], PermitT | None]) -> tuple[Variant, PermitT] | None:
         """The first fallback whose breaker admits the request, with the permit it granted.
 
         Args:

@@ -331,9 +331,7 @@ class RateLimiter:
         """
         if not self.enabled or not checks:
             return RateDecision(True, 0, 0, 0.0, 0.0, "", "off")
-        resolved = [
-            _Check(name, identity, *_interval_and_capacity(self.rule(name))) for name, identity in checks
-        ]
+        resolved = [_Check(name, identity, *_interval_and_capacity(self.rule(name))) for name, identity in checks]
         backend: Backend = "memory"
         outcome: tuple[bool, list[tuple[bool, int, float, float]]] | None = None
         if self.redis is not None:
@@ -369,9 +367,7 @@ class RateLimiter:
         assert self.redis is not None
         raw = await client.evalsha(GCRA_SCRIPT, keys, args, timeout=self.redis.command_timeout_s)
         all_allowed, rows = raw
-        results = [
-            (bool(int(row[0])), int(row[1]), int(row[2]) / 1_000_000, int(row[3]) / 1_000_000) for row in rows
-        ]
+        results = [(bool(int(row[0])), int(row[1]), int(row[2]) / 1_000_000, int(row[3]) / 1_000_000) for row in rows]
         return bool(int(all_allowed)), results
 
     @staticmethod

@@ -74,7 +74,9 @@ class ProtectionMetrics:
             "prodai_auth_failures", "Refused API keys, by reason", ["reason"], registry=registry
         )
         self.denied = Counter(
-            "prodai_ratelimit_denied", "Requests refused with 429, by the rule that refused", ["rule"],
+            "prodai_ratelimit_denied",
+            "Requests refused with 429, by the rule that refused",
+            ["rule"],
             registry=registry,
         )
         self.bridged: dict[str, Counter] = {
@@ -337,9 +339,7 @@ class Protection:
             results = list(await asyncio.gather(*(lookup(text) for text in texts)))
         await settle(ctx)  # every text was a hit: the limit decision must still allow the answer
         statuses = {result.status for result in results}
-        ctx.response_headers["X-Cache"] = (
-            "BYPASS" if "BYPASS" in statuses else "MISS" if "MISS" in statuses else "HIT"
-        )
+        ctx.response_headers["X-Cache"] = "BYPASS" if "BYPASS" in statuses else "MISS" if "MISS" in statuses else "HIT"
         return self._combine(route, [result.value for result in results])
 
     @staticmethod
