@@ -85,6 +85,21 @@ class ServingConfig(Section):
         "balancers stop routing here before the socket closes (Ctrl-C skips it)",
     )
     log_bodies: bool = Field(False, description="Log request bodies (off: bodies may hold personal data)")
+    max_header_bytes: int = Field(
+        32_768, ge=1024, le=1_048_576, description="Request line and headers of one request; more gets 431"
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="Header fields in one request; more gets 431")
+    request_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A request's head and body must arrive within this many seconds of its first byte (or of "
+        "the connection opening); slower ones get 408 and are closed",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=600, description="Idle kept-alive connections close after this")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections; a new one beyond this gets 503 with Retry-After and is closed"
+    )
 
     @model_validator(mode="after")
     def _batch_request_fits_queue(self) -> ServingConfig:
@@ -250,8 +265,8 @@ class RateLimitConfig(Section):
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="Peers (IPs or CIDRs, e.g. 10.0.0.0/8) whose X-Forwarded-For names the client IP. "
-        "Empty: the TCP peer is the client",
+        description="Peers (IPs or CIDRs, e.g. 10.0.0.0/8) whose Forwarded or X-Forwarded-For header names the "
+        "client IP. Empty: the TCP peer is the client",
     )
     redis_timeout_s: float = Field(
         0.1, gt=0, le=10, description="redis backend: socket timeout; past it the in-memory limiter decides"

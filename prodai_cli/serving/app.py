@@ -299,10 +299,12 @@ def factory() -> FastAPI:
     instead of restarting the worker forever.
     """
     from prodai_cli.config import load_settings
+    from prodai_cli.serving import http
     from prodai_cli.serving.logging import configure_logging
 
     settings = load_settings()
     configure_logging(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
+    http.configure(settings.config.serving)  # this worker's connection limits (uvicorn builds the protocol)
     host, _, port = os.environ.get(ENV_SERVE_BIND, "").rpartition(":")
     bind = (host, int(port)) if host and port.isdigit() else None
     app = create_app(settings, model=os.environ.get(ENV_SERVE_MODEL) or None, bind=bind)

@@ -64,6 +64,7 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
     """
     import uvicorn
 
+    from prodai_cli.serving.http import uvicorn_options
     from prodai_cli.serving.logging import configure_logging, log_config
 
     monitoring = settings.config.monitoring
@@ -74,6 +75,7 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
         "timeout_graceful_shutdown": max(1, round(serving.grace_period_s)),
         "lifespan": "on",
         "server_header": False,
+        **uvicorn_options(serving),
     }
     configure_logging(monitoring.log_format, monitoring.log_level)
     sock = bind_socket(host, port)
@@ -90,7 +92,7 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
         from prodai_cli.serving.app import create_app
 
         app = create_app(settings, model=model, bind=(host, port))
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))  # type: ignore[arg-type]
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
         failures: list[str] = []
 
         def stop(reason: str) -> None:

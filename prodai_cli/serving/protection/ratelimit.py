@@ -200,12 +200,36 @@ class MemoryGCRA:
             del self._tats[next(iter(self._tats))]
 
 
+def forwarded_for_hops(header: str) -> list[str]:
+    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, nearest proxy last.
+
+    ``for="[2001:db8::1]:4711"`` gives ``2001:db8::1``; ``for=192.0.2.1:80`` gives ``192.0.2.1``; an
+    obfuscated or ``unknown`` node is kept as written (it is not an address, so it never resolves).
+    """
+    hops: list[str] = []
+    for element in header.split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.strip().lower() != "for":
+                continue
+            value = value.strip().strip('"')
+            if value.startswith("["):
+                value = value[1 : value.find("]")] if "]" in value else value
+            elif value.count(":") == 1:
+                value = value.partition(":")[0]
+            hops.append(value)
+    return hops
+
+
 class ClientIpResolver:
-    """The client's IP: the TCP peer, or, behind trusted proxies, the first untrusted X-Forwarded-For hop.
+    """The client's IP: the TCP peer, or, behind trusted proxies, the first untrusted forwarded hop.
+
+    Forwarding headers (``Forwarded``, else ``X-Forwarded-For``) are read only when the TCP peer is a trusted
+    proxy; each trusted hop vouches for the one before it, and the first untrusted hop is the client.
 
     Args:
-        trusted_proxies: IPs or CIDRs (``rate_limit.trusted_proxies``). Empty: X-Forwarded-For is ignored,
-            because any client can write it.
+        trusted_proxies: IPs or CIDRs (``rate_limit.trusted_proxies``). Empty: forwarding headers are
+            ignored, because any client can write them.
 
     """
 
@@ -219,13 +243,14 @@ class ClientIpResolver:
             return False
         return any(ip in network for network in self._networks)
 
-    def __call__(self, peer: str | None, forwarded_for: str | None = None) -> str:
-        """Resolve the client IP from the socket peer and the ``X-Forwarded-For`` header."""
+    def __call__(self, peer: str | None, forwarded_for: str | None = None, forwarded: str | None = None) -> str:
+        """Resolve the client IP from the socket peer and the ``Forwarded`` / ``X-Forwarded-For`` headers."""
         client = peer or "unknown"
-        if not self._networks or not forwarded_for or not self._trusted(client):
+        if not self._networks or not (forwarded or forwarded_for) or not self._trusted(client):
             return client
+        hops = forwarded_for_hops(forwarded) if forwarded else [h.strip() for h in (forwarded_for or "").split(",")]
         # Walk from the nearest hop back: each trusted proxy vouches for the address before it.
-        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        for hop in reversed([h for h in hops if h]):
             if not self._trusted(hop):
                 try:
                     return str(ipaddress.ip_address(hop))

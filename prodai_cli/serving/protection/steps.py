@@ -3,11 +3,12 @@
 :class:`Protection` builds the parts of :mod:`~.auth`, :mod:`~.ratelimit`, :mod:`~.cache` and
 :mod:`~.filters` from the config and plugs them into the pipeline's seams (see :mod:`prodai_cli.serving.pipeline`):
 
-- guard (before the body is parsed): the client IP (the TCP peer, or ``X-Forwarded-For`` behind
-  ``rate_limit.trusted_proxies``); with ``auth.enabled``: 429 while the IP is over the failed-authentication
-  limit (checked *before* the key, so guessing stops; asked only for IPs that failed here recently, see
-  :meth:`Protection._failed_recently`), then the key (401/403 with ``WWW-Authenticate``; the failure is
-  counted against the IP); then the per-key and per-IP limits, all-or-nothing (429 with ``Retry-After``).
+- guard (before the body is parsed): the client IP (the TCP peer, or ``Forwarded`` / ``X-Forwarded-For``
+  from a peer in ``rate_limit.trusted_proxies``); with ``auth.enabled``: the key; a key that fails gets 429
+  while its IP is over the failed-authentication limit (asked only for IPs that failed here recently, see
+  :meth:`Protection._failed_recently`), else 401/403 with ``WWW-Authenticate`` and the failure is counted
+  against the IP; a key that verifies is never refused by that limit; then the per-key and per-IP limits,
+  all-or-nothing (429 with ``Retry-After``).
   ``RateLimit-*`` headers go on every answer the limiter decided.
 - input hook: Unicode NFC and control characters removed (``filters.normalize_input``); the length limit
   holds after that too.
@@ -203,19 +204,23 @@ class Protection:
 
         """
         limiter = self.limiter
-        ip = limiter.client_ip(ctx.client_ip, ctx.headers.get("x-forwarded-for"))
+        headers = ctx.headers
+        ip = limiter.client_ip(ctx.client_ip, headers.get("x-forwarded-for"), headers.get("forwarded"))
         ctx.client_ip = ip
         if self.keys is not None:
-            blocked = await limiter.auth_blocked(ip) if self._failed_recently(ip) else None
-            if blocked is not None and not blocked.allowed:
-                self.metrics.denied.labels(blocked.rule).inc()
-                raise TooManyRequests(
-                    "Too many failed authentication attempts from this address; retry later",
-                    headers=blocked.headers(),
-                    code="auth_rate_limited",
-                )
-            result = self.keys.verify(ctx.headers.get(self.auth_header), scope)
+            # The key is checked first: one that verifies is never refused by the failed-auth limit, so a
+            # broken client behind the same NAT or proxy cannot lock everyone else out. Only failing attempts
+            # are throttled; keys are 256-bit random, so the limit stops floods, not a search that could win.
+            result = self.keys.verify(headers.get(self.auth_header), scope)
             if not result.ok:
+                blocked = await limiter.auth_blocked(ip) if self._failed_recently(ip) else None
+                if blocked is not None and not blocked.allowed:
+                    self.metrics.denied.labels(blocked.rule).inc()
+                    raise TooManyRequests(
+                        "Too many failed authentication attempts from this address; retry later",
+                        headers=blocked.headers(),
+                        code="auth_rate_limited",
+                    )
                 await limiter.record_auth_failure(ip)
                 self._remember_failure(ip)
                 reason = result.failure.value if result.failure is not None else "unknown"
