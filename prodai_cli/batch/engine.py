@@ -21,6 +21,7 @@ from prodai_cli.batch.job import (
     EngineRun,
     ProgressCallback,
     calibration_sample,
+    encode_chunk,
     iter_chunks,
     pinned_model,
     set_threads,
@@ -222,7 +223,7 @@ def _run_local(run: EngineRun) -> dict[str, Any]:
     size = batch_size if isinstance(batch_size, int) else None
 
     def encode(chunk: Chunk) -> tuple[Chunk, Any]:
-        return chunk, runtime.encode([r.text for r in chunk.records])
+        return encode_chunk(runtime.encode, chunk)
 
     chunks = iter_chunks(job, skip)
     # On an accelerator, tokenizing and parsing the next chunk overlaps the current forward passes; on

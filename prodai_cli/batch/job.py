@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.batch.reader import BadLine, Record, default_output_path, read_records
+from prodai_cli.batch.reader import BadLine, LineLimits, Record, default_output_path, read_records
 
 if TYPE_CHECKING:
     from prodai_cli.batch.writer import ResumableWriter
@@ -42,6 +42,7 @@ class BatchJob:
     chunk_size: int = 1024
     ray_actors: int = 1
     threads: int | None = None
+    line_limits: LineLimits = field(default_factory=LineLimits)
 
     @property
     def output_path(self) -> Path:
@@ -115,7 +116,8 @@ def iter_chunks(job: BatchJob, skip_lines: int) -> Iterator[Chunk]:
     bad: list[BadLine] = []
     count = 0
     line = 0
-    for line, item in enumerate(read_records(job.input, text_field=job.text_field, id_field=job.id_field), start=1):
+    items = read_records(job.input, text_field=job.text_field, id_field=job.id_field, limits=job.line_limits)
+    for line, item in enumerate(items, start=1):
         if line <= skip_lines:
             continue  # done in an earlier run; read only so duplicate ids are still recognised
         if isinstance(item, Record):
@@ -218,3 +220,28 @@ class EngineRun:
             p = self.writer.progress
             elapsed = time.perf_counter() - self.started
             self.on_progress(ProgressUpdate(p.lines_done, self.lines_total, p.items, p.tokens, elapsed))
+
+
+def encode_chunk(encode: Callable[[list[str]], Any], chunk: Chunk) -> tuple[Chunk, Any]:
+    """Tokenize a chunk's texts; a text the tokenizer refuses becomes that line's error, not the job's.
+
+    The whole chunk is encoded at once (the fast path); only when that raises is each text tried alone,
+    and the ones that fail move to ``chunk.bad`` with the tokenizer's reason.
+    """
+    try:
+        return chunk, encode([r.text for r in chunk.records])
+    except Exception:
+        pass
+    good: list[Record] = []
+    bad = list(chunk.bad)
+    for record in chunk.records:
+        try:
+            encode([record.text])
+        except Exception as exc:
+            reason = f"the tokenizer refused this text ({type(exc).__name__}: {str(exc)[:200]})"
+            bad.append(BadLine(record.line, reason, record.text[:200], record.id))
+        else:
+            good.append(record)
+    bad.sort(key=lambda item: item.line)
+    fixed = Chunk(chunk.end_line, good, bad)
+    return fixed, encode([r.text for r in good])

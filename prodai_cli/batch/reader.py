@@ -14,8 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prodai_cli.errors import InputError
+from prodai_cli.untrusted import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_NUMBER_DIGITS,
+    UntrustedInputError,
+    decode,
+    is_blank,
+    loads,
+)
 
 RAW_PREVIEW_CHARS = 200
+DEFAULT_MAX_LINE_BYTES = 1_048_576
+_SKIP_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class LineLimits:
+    """Bounds on one untrusted input line (``batch.max_line_bytes``, ``max_json_depth``, ``max_json_number_digits``)."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_number_digits: int = DEFAULT_MAX_NUMBER_DIGITS
 
 
 @dataclass(frozen=True)
@@ -92,44 +111,57 @@ def fingerprint(path: Path) -> InputFingerprint:
     return InputFingerprint(sha256=digest.hexdigest(), size=size, lines=lines)
 
 
-def read_records(path: Path, *, text_field: str = "text", id_field: str = "id") -> Iterator[Record | BadLine | None]:
+def read_records(
+    path: Path, *, text_field: str = "text", id_field: str = "id", limits: LineLimits | None = None
+) -> Iterator[Record | BadLine | None]:
     """Parse a JSONL file line by line.
 
     Yields one item per physical line, in order: a :class:`Record`, a :class:`BadLine`, or None for a blank
     line (blank lines are not inputs, but the caller counts them towards progress).
 
-    A line is bad when it is not valid UTF-8 or JSON, is not an object, lacks the text field or holds a
-    non-string or empty text there, has an id that is not a string or integer, or repeats an id seen on an
-    earlier valid line. Lines without the id field use their line number as id.
+    A line is bad when it is longer than ``limits.max_line_bytes`` (it is skipped without being held in
+    memory), is not valid UTF-8 or JSON or not within the JSON limits (:func:`prodai_cli.untrusted.loads`:
+    depth, number digits, lone surrogates), is not an object, lacks the text field or holds a non-string or
+    blank text there (:func:`prodai_cli.untrusted.is_blank`, the server's policy too), has an id that is not
+    a string or integer, or repeats an id seen on an earlier valid line. Lines without the id field use their
+    line number as id.
     """
+    limits = limits or LineLimits()
     seen: dict[str, int] = {}
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed in the finally below, across yields
     except OSError as exc:
         raise InputError(f"Cannot read input {path}: {exc.strerror or exc}") from None
     try:
-        for number, raw_bytes in enumerate(handle, start=1):
-            yield _parse_line(number, raw_bytes, text_field, id_field, seen)
+        number = 0
+        while raw_bytes := handle.readline(limits.max_line_bytes + 1):
+            number += 1
+            if len(raw_bytes) > limits.max_line_bytes and not raw_bytes.endswith(b"\n"):
+                while (rest := handle.readline(_SKIP_BLOCK)) and not rest.endswith(b"\n"):
+                    pass  # the rest of an over-long line, read and dropped block by block
+                preview = raw_bytes[:RAW_PREVIEW_CHARS].decode("utf-8", errors="replace")
+                yield BadLine(number, f"line longer than {limits.max_line_bytes} bytes", preview)
+                continue
+            yield _parse_line(number, raw_bytes, text_field, id_field, seen, limits)
     finally:
         handle.close()
 
 
 def _parse_line(
-    number: int, raw_bytes: bytes, text_field: str, id_field: str, seen: dict[str, int]
+    number: int, raw_bytes: bytes, text_field: str, id_field: str, seen: dict[str, int], limits: LineLimits
 ) -> Record | BadLine | None:
     stripped = raw_bytes.rstrip(b"\r\n")
     if not stripped.strip():
         return None
     try:
-        raw = stripped.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        preview = stripped[:RAW_PREVIEW_CHARS].decode("utf-8", errors="replace")
-        return BadLine(number, f"not valid UTF-8 (byte {exc.start})", preview)
+        raw = decode(stripped)
+    except UntrustedInputError as exc:
+        return BadLine(number, str(exc), stripped[:RAW_PREVIEW_CHARS].decode("utf-8", errors="replace"))
     preview = raw[:RAW_PREVIEW_CHARS]
     try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return BadLine(number, f"invalid JSON: {exc.msg} at column {exc.colno}", preview)
+        obj = loads(raw, max_depth=limits.max_depth, max_number_digits=limits.max_number_digits)
+    except UntrustedInputError as exc:
+        return BadLine(number, str(exc), preview)
     if not isinstance(obj, dict):
         return BadLine(number, f"not a JSON object (got {_json_type(obj)})", preview)
     record_id: str | int
@@ -147,8 +179,8 @@ def _parse_line(
     if not isinstance(text, str):
         reason = f"text field {text_field!r} must be a string, got {_json_type(text)}"
         return BadLine(number, reason, preview, record_id)
-    if not text.strip():
-        return BadLine(number, "empty text", preview, record_id)
+    if is_blank(text):
+        return BadLine(number, "empty text (only whitespace or control characters)", preview, record_id)
     key = json.dumps(record_id)
     first = seen.get(key)
     if first is not None:

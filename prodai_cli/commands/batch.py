@@ -47,6 +47,7 @@ def command(
     Example: prodai batch reviews.jsonl -o scored.jsonl --model sentiment@production
     """
     from prodai_cli.batch import BatchJob, ErrorRateExceededError
+    from prodai_cli.batch.reader import LineLimits
     from prodai_cli.errors import UsageError
 
     out = console(ctx, json_flag)
@@ -71,6 +72,11 @@ def command(
         chunk_size=defaults.chunk_size,
         ray_actors=ray_actors or defaults.ray_actors,
         threads=threads or defaults.threads,
+        line_limits=LineLimits(
+            max_line_bytes=defaults.max_line_bytes,
+            max_depth=defaults.max_json_depth,
+            max_number_digits=defaults.max_json_number_digits,
+        ),
     )
     try:
         summary = _run_with_progress(out, job, config)

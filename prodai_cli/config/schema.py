@@ -85,6 +85,10 @@ class ServingConfig(Section):
         "balancers stop routing here before the socket closes (Ctrl-C skips it)",
     )
     log_bodies: bool = Field(False, description="Log request bodies (off: bodies may hold personal data)")
+    max_json_depth: int = Field(32, ge=2, le=1000, description="Most nested arrays/objects in a body (422 past it)")
+    max_json_number_digits: int = Field(
+        100, ge=1, le=4300, description="Most digits in a JSON integer of a body (422 past it)"
+    )
     max_header_bytes: int = Field(
         32_768, ge=1024, le=1_048_576, description="Request line and headers of one request; more gets 431"
     )
@@ -466,6 +470,11 @@ class BatchConfig(Section):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per model. Empty: one per core (fewer can win on a busy machine)"
     )
+    max_line_bytes: int = Field(
+        1_048_576, ge=1024, description="Input lines longer than this go to the errors file (never held in memory)"
+    )
+    max_json_depth: int = Field(32, ge=2, le=1000, description="Most nested arrays/objects in an input line")
+    max_json_number_digits: int = Field(100, ge=1, le=4300, description="Most digits in an integer of an input line")
 
     @field_validator("batch_size")
     @classmethod

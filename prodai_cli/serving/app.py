@@ -136,7 +136,12 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     for key in model_keys:
         pool.add(key)
     pipeline = PredictPipeline(
-        RequestModels(serving.max_text_chars, serving.max_batch_items),
+        RequestModels(
+            serving.max_text_chars,
+            serving.max_batch_items,
+            max_json_depth=serving.max_json_depth,
+            max_json_number_digits=serving.max_json_number_digits,
+        ),
         router,
         max_body_bytes=serving.max_body_bytes,
         request_timeout_s=serving.request_timeout_s,

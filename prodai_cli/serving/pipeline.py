@@ -42,6 +42,7 @@ from prodai_cli.serving.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from prodai_cli.untrusted import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_DIGITS, UntrustedInputError, decode, loads
 
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
@@ -233,18 +234,23 @@ def check_content_type(headers: Headers) -> None:
             raise UnsupportedMediaType("Only UTF-8 JSON bodies are supported")
 
 
-def parse_body(body: bytes, model: type[BaseModel]) -> BaseModel:
-    """Decode and validate a JSON body; every failure is a 422 with the reason (never a 500)."""
+def parse_body(
+    body: bytes,
+    model: type[BaseModel],
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_number_digits: int = DEFAULT_MAX_NUMBER_DIGITS,
+) -> BaseModel:
+    """Decode and validate a JSON body; every failure is a 422 with the reason (never a 500).
+
+    The body goes through :func:`prodai_cli.untrusted.loads`, the same parser as ``prodai batch``'s lines:
+    invalid UTF-8 or JSON, nesting past ``max_depth``, an integer past ``max_number_digits`` and lone
+    surrogates are each a 422 naming the problem.
+    """
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"Body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"Body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    except RecursionError:
-        raise InvalidRequest("Body is not valid JSON: nested too deeply") from None
+        data = loads(decode(body), max_depth=max_depth, max_number_digits=max_number_digits)
+    except UntrustedInputError as exc:
+        raise InvalidRequest(f"Body is {exc}" if str(exc).startswith("not ") else f"Body refused: {exc}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -323,10 +329,12 @@ class PredictPipeline:
     def parse(self, ctx: RequestContext, body: bytes, kind: Kind) -> list[str]:
         """415/422 checks and validation; returns the input texts."""
         check_content_type(ctx.headers)
+        models = self.models
+        limits = {"max_depth": models.max_json_depth, "max_number_digits": models.max_json_number_digits}
         if kind == "single":
-            texts = [parse_body(body, self.models.predict).text]  # type: ignore[attr-defined]
+            texts = [parse_body(body, models.predict, **limits).text]  # type: ignore[attr-defined]
         else:
-            texts = list(parse_body(body, self.models.batch).texts)  # type: ignore[attr-defined]
+            texts = list(parse_body(body, models.batch, **limits).texts)  # type: ignore[attr-defined]
         ctx.log_fields["texts"] = len(texts)
         if self.log_bodies:
             ctx.log_fields["body"] = texts

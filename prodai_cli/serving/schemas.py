@@ -10,25 +10,31 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from prodai_cli.untrusted import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_DIGITS, is_blank
 
-def _well_formed_unicode(text: str) -> str:
-    # JSON may carry "\ud800"; a lone surrogate cannot be encoded as UTF-8, so the tokenizer would raise.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text holds an unpaired UTF-16 surrogate (not valid Unicode)") from None
+
+def _not_blank(text: str) -> str:
+    # The empty-text policy shared with `prodai batch` (prodai_cli.untrusted.is_blank).
+    if is_blank(text):
+        raise ValueError("text is empty or only whitespace/control characters")
     return text
 
 
 class RequestModels:
     """The request models of one app (limits from its ``serving`` section)."""
 
-    def __init__(self, max_text_chars: int, max_batch_items: int) -> None:
-        text_type = Annotated[
-            str,
-            StringConstraints(max_length=max_text_chars),
-            AfterValidator(_well_formed_unicode),
-        ]
+    def __init__(
+        self,
+        max_text_chars: int,
+        max_batch_items: int,
+        *,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
+        max_json_number_digits: int = DEFAULT_MAX_NUMBER_DIGITS,
+    ) -> None:
+        self.max_json_depth = max_json_depth
+        self.max_json_number_digits = max_json_number_digits
+        # Lone surrogates never get this far: the body parser (prodai_cli.untrusted.loads) refuses them.
+        text_type = Annotated[str, StringConstraints(max_length=max_text_chars), AfterValidator(_not_blank)]
 
         class PredictRequest(BaseModel):
             """One text to classify or embed."""

@@ -139,11 +139,11 @@ def test_bad_lines_go_to_the_errors_file_and_the_job_finishes(registered_copy: P
     errors = read_jsonl(registered_copy / "scored.errors.jsonl")
     assert [e["line"] for e in errors] == [5, 9, 14, 20, 30]
     reasons = [e["error"] for e in errors]
-    assert reasons[0].startswith("invalid JSON")
+    assert reasons[0].startswith("not valid JSON")
     assert reasons[1:] == [
         "missing text field 'text'",
         "text field 'text' must be a string, got null",
-        "empty text",
+        "empty text (only whitespace or control characters)",
         "duplicate id 3 (first seen on line 4)",
     ]
 

@@ -41,11 +41,11 @@ def test_every_bad_line_kind_is_reported_with_its_line_number(tmp_path: Path) ->
     assert items[9] == Record(10, 10, "no id field")
     bad = {item.line: item.reason for item in items if isinstance(item, BadLine)}
     assert bad == {
-        2: "invalid JSON: Expecting property name enclosed in double quotes at column 2",
+        2: "not valid JSON: Expecting property name enclosed in double quotes (line 1, column 2)",
         3: "not a JSON object (got array)",
         4: "missing text field 'text'",
         5: "text field 'text' must be a string, got number",
-        6: "empty text",
+        6: "empty text (only whitespace or control characters)",
         7: "duplicate id 'a' (first seen on line 1)",
         8: "id field 'id' must be a string or integer, got number",
         11: "not valid UTF-8 (byte 21)",
