@@ -29,9 +29,11 @@ from prodai_cli.config import (
     ApiKeyRecord,
     Scope,
     Settings,
+    check_yaml,
     edit_config,
     edit_yaml,
     parse_config_text,
+    read_bounded,
 )
 from prodai_cli.errors import ConfigError, ProdaiError, UsageError
 
@@ -161,10 +163,10 @@ def read_keys_file(path: Path) -> list[ApiKeyRecord]:
         return []
     import yaml as pyyaml
 
+    text = read_bounded(path, "Keys file")
+    check_yaml(text, f"Keys file {path}")
     try:
-        data = pyyaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read keys file {path}: {exc}") from None
+        data = pyyaml.safe_load(text)
     except pyyaml.YAMLError as exc:
         raise ConfigError(f"Keys file {path} is not valid YAML: {exc}") from None
     try:
@@ -174,25 +176,43 @@ def read_keys_file(path: Path) -> list[ApiKeyRecord]:
         raise ConfigError(f"Keys file {path} is invalid: {problems}") from None
 
 
-def load_key_snapshot(settings: Settings) -> KeySnapshot:
+def load_key_snapshot(settings: Settings, *, reload: bool = False) -> KeySnapshot:
     """Re-read the keys from disk as the settings describe (the config file is re-read too).
 
+    Args:
+        settings: Where the config (and through it the keys file) is.
+        reload: A running server re-reading: an empty or comment-only file, or a ``keys_file`` that does not
+            exist, is refused (the caller keeps its last good keys) instead of meaning "no keys": the rule
+            the A/B reload follows for the same file.
+
     Raises:
-        ConfigError: The config or the keys file is invalid.
+        ConfigError: The config or the keys file is invalid (or, with ``reload``, empty or missing).
 
     """
     config = settings.config
     sources: list[Path] = []
     if settings.path is not None:
         sources.append(settings.path)
-        try:
-            text = settings.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Cannot read {settings.path}: {exc}") from None
-        config = parse_config_text(text, source=settings.path.name, env=True)
+        text = read_bounded(settings.path, "Config file")
+        config = parse_config_text(text, source=settings.path.name, env=True, empty_ok=not reload)
     if config.auth.keys_file:
         path = settings.resolve_path(config.auth.keys_file)
         sources.append(path)
+        if reload:
+            if not path.exists():
+                raise ConfigError(f"Keys file {path} does not exist; refused, the last good keys stay live")
+            text = read_bounded(path, "Keys file")
+            check_yaml(text, f"Keys file {path}")
+            import yaml as pyyaml
+
+            try:
+                empty = pyyaml.safe_load(text) is None
+            except pyyaml.YAMLError:
+                empty = False  # read_keys_file reports it with its reason
+            if empty:
+                raise ConfigError(
+                    f"Keys file {path} is empty (or only comments); refused, the last good keys stay live"
+                )
         return KeySnapshot(tuple(read_keys_file(path)), tuple(sources))
     return KeySnapshot(tuple(config.auth.keys), tuple(sources))
 
@@ -270,6 +290,7 @@ def _edit_keys_file(path: Path, mutate: Callable[[Any], None]) -> None:
         import yaml as pyyaml
 
         try:
+            check_yaml(text, f"Keys file {path}")
             KeysFile.model_validate(pyyaml.safe_load(text) or {})
         except pyyaml.YAMLError as exc:
             raise ConfigError(f"Keys file {path} is not valid YAML: {exc}") from None

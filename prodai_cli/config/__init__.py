@@ -12,6 +12,7 @@ value grammars beside it (:mod:`prodai_cli.slo`, :mod:`prodai_cli.redis_url`). M
 The names below are the public API; import them from ``prodai_cli.config``.
 """
 
+from prodai_cli.config.bounds import check_yaml, read_bounded
 from prodai_cli.config.edit import ConfigEdit, YamlEdit, edit_config, edit_yaml
 from prodai_cli.config.files import file_lock, write_atomic
 from prodai_cli.config.load import find_config_path, load_settings, parse_config_text, round_trip_yaml
@@ -94,6 +95,7 @@ __all__ = [
     "ServingConfig",
     "Settings",
     "YamlEdit",
+    "check_yaml",
     "edit_config",
     "edit_yaml",
     "file_lock",
@@ -101,6 +103,7 @@ __all__ = [
     "load_settings",
     "mask_secrets",
     "parse_config_text",
+    "read_bounded",
     "render_default_config",
     "round_trip_yaml",
     "write_atomic",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from prodai_cli.config.bounds import check_yaml, read_bounded
 from prodai_cli.config.files import file_lock, write_atomic
 from prodai_cli.config.load import parse_config_text, round_trip_yaml
 from prodai_cli.config.schema import ProdaiConfig
@@ -66,7 +67,8 @@ def edit_yaml(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path):
-        before = path.read_text(encoding="utf-8") if path.exists() else ""
+        before = read_bounded(path, what) if path.exists() else ""
+        check_yaml(before, what)
         yaml = round_trip_yaml()
         try:
             doc = yaml.load(before) if before.strip() else None

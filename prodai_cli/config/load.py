@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from prodai_cli.config.bounds import check_yaml, read_bounded
 from prodai_cli.config.schema import (
     CONFIG_FILENAME,
     ENV_ALIASES,
@@ -108,6 +109,7 @@ def _env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
         else:
             continue
         try:
+            check_yaml(raw, name)
             value = pyyaml.safe_load(raw) if raw else None
         except pyyaml.YAMLError:
             value = raw
@@ -128,13 +130,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_config_text(text: str, source: str = CONFIG_FILENAME, *, env: bool = False) -> ProdaiConfig:
+def parse_config_text(
+    text: str, source: str = CONFIG_FILENAME, *, env: bool = False, empty_ok: bool = True
+) -> ProdaiConfig:
     """Validate YAML text as a prodai config.
 
     Args:
         text: The YAML document.
         source: File name used in error messages.
         env: Apply ``PRODAI_*`` environment overrides on top.
+        empty_ok: Accept an empty or comment-only document as "every default". A running server's reloads
+            pass False: a config file that became empty is a truncated write, not a request to drop every
+            key and split (switching auth off is ``auth.enabled: false``, said explicitly).
 
     Returns:
         The validated config.
@@ -145,6 +152,7 @@ def parse_config_text(text: str, source: str = CONFIG_FILENAME, *, env: bool = F
     """
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    check_yaml(text, source)
     try:
         doc = round_trip_yaml().load(text) if text.strip() else None
     except MarkedYAMLError as exc:
@@ -154,6 +162,11 @@ def parse_config_text(text: str, source: str = CONFIG_FILENAME, *, env: bool = F
     except YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if doc is None:
+        if not empty_ok:
+            raise ConfigError(
+                f"{source} is empty (or only comments); refused, the last good config stays live",
+                hint="Switch keys off explicitly with auth.enabled: false",
+            )
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(doc).__name__}")
@@ -198,9 +211,6 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
                 f"Invalid configuration from the environment:\n{_format_validation_error(exc, None, 'env')}"
             ) from None
         return Settings(config=config, path=None, root=Path.cwd())
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read {path}: {exc}") from None
+    text = read_bounded(path, "Config file")
     config = parse_config_text(text, source=path.name, env=True)
     return Settings(config=config, path=path.resolve(), root=path.resolve().parent)

@@ -8,6 +8,7 @@ most, every 0.2 s), so a drill starts and stops a failure without a restart::
     PRODAI_FAULTS_FILE=/tmp/faults prodai serve
     echo 2 > /tmp/faults        # version 2 now raises InjectedFault on every prediction
     : > /tmp/faults             # and now it does not
+    echo "2 slow=3" > /tmp/faults   # version 2's forward passes now take 3 s longer (and succeed)
 
 Only the forward pass is replaced: loading and warm-up run for real, and a failing prediction takes the
 server's real error path (the micro-batcher's model error, ``prodai_model_errors_total{error_type=
@@ -51,14 +52,28 @@ class FaultPlan:
         self._next_check = 0.0
         self._signature: tuple[int, int, int] | None = None
         self._failing: frozenset[str] = frozenset()
+        self._slow: dict[str, float] = {}
 
-    def _read(self) -> frozenset[str]:
+    def _read(self) -> tuple[frozenset[str], dict[str, float]]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError:
-            return frozenset()
-        entries = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        return frozenset(entry for entry in entries if entry)
+            return frozenset(), {}
+        failing: set[str] = set()
+        slow: dict[str, float] = {}
+        for line in text.splitlines():
+            entry, _, option = line.split("#", 1)[0].strip().partition(" ")
+            if not entry:
+                continue
+            option = option.strip()
+            if option.startswith("slow="):
+                try:
+                    slow[entry] = max(0.0, float(option.removeprefix("slow=")))
+                except ValueError:
+                    logger.warning("fault injection: unreadable option", extra={"line": line})
+            else:
+                failing.add(entry)
+        return frozenset(failing), slow
 
     def failing(self) -> frozenset[str]:
         """The entries of the file (``2``, ``clf/2``), re-read if it changed since the last look."""
@@ -73,11 +88,18 @@ class FaultPlan:
                     signature = None
                 if signature != self._signature:
                     self._signature = signature
-                    failing = self._read()
-                    if failing != self._failing:
-                        logger.warning("fault injection changed", extra={"failing_versions": sorted(failing)})
-                    self._failing = failing
+                    failing, slow = self._read()
+                    if failing != self._failing or slow != self._slow:
+                        logger.warning(
+                            "fault injection changed", extra={"failing_versions": sorted(failing), "slow": slow}
+                        )
+                    self._failing, self._slow = failing, slow
             return self._failing
+
+    def delay(self, name: str, version: str) -> float:
+        """Extra seconds a forward pass of the version takes (``2 slow=3``); 0 when not listed."""
+        self.failing()  # re-read when due
+        return self._slow.get(version, self._slow.get(f"{name}/{version}", 0.0))
 
     def fails(self, name: str, version: str) -> bool:
         """True when the version (by number or ``name/number``) is listed."""
@@ -96,6 +118,9 @@ class FaultInjectingRuntime:
         return getattr(self._runtime, name)
 
     def _check(self) -> None:
+        delay = self._plan.delay(self._runtime.name, self._runtime.version)
+        if delay:
+            time.sleep(delay)  # on the compute thread, like a slow model
         if self._plan.fails(self._runtime.name, self._runtime.version):
             raise InjectedFault(f"fault injected into version {self._runtime.version} ({self._plan.path})")
 

@@ -8,6 +8,7 @@ included), and turns an unexpected exception into a JSON 500 with the request id
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -110,6 +111,22 @@ class ObservabilityMiddleware:
         failure: str | None = None
         try:
             await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels only the requests still running when the shutdown grace period ends (a client
+            # that disconnects is not cancelled). Unanswered, uvicorn would send 500; a 503 with Retry-After
+            # is what a load balancer retries elsewhere.
+            if status != 0:
+                raise
+            failure = "cancelled: the shutdown grace period ended"
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await _send_json(
+                send_with_headers,
+                503,
+                {"detail": "The server is shutting down; retry", "code": "shutting_down", "request_id": ctx.request_id},
+                headers=[(b"retry-after", b"1")],
+            )
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
             logger.exception("unhandled error", extra={"request_id": ctx.request_id, "route": ctx.route})
@@ -147,13 +164,19 @@ class ObservabilityMiddleware:
                 access_logger.info("request", extra=fields)
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.config import ProdaiConfig, Settings, parse_config_text
+from prodai_cli.config import ProdaiConfig, Settings, parse_config_text, read_bounded
 from prodai_cli.errors import ConfigError, ProdaiError, ReloadRejected
 
 if TYPE_CHECKING:
@@ -300,8 +301,11 @@ class ConfigReloader:
                 return self._fail("the server started without a config file: nothing to reload")
             self._signature = _signature(self.path)
             try:
-                text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
-                config = parse_config_text(text, source=self.path.name, env=True)
+                # Read and parse off the event loop (bounded: config/bounds.py): predictions never wait on it.
+                text = await asyncio.to_thread(read_bounded, self.path, "Config file")
+                config = await asyncio.to_thread(
+                    functools.partial(parse_config_text, text, source=self.path.name, env=True, empty_ok=False)
+                )
                 changed = await self.apply(config) if self.apply is not None else []
             except (OSError, UnicodeDecodeError) as exc:
                 return self._fail(f"cannot read {self.path}: {exc}")

@@ -36,6 +36,7 @@ Call pattern (sync, microseconds; fine on the event loop)::
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prodai_cli.keys import KEY_PATTERN, KeySnapshot, hash_key, load_key_snapshot
+
+logger = logging.getLogger("prodai.serving.auth")
 
 if TYPE_CHECKING:
     from prodai_cli.config import ApiKeyRecord, Scope, Settings
@@ -124,6 +127,8 @@ class KeyStore:
         clock: Monotonic clock for the interval.
         now: The wall-clock time expiries are compared with.
         header: The header name, for messages.
+        reload: Reads the keys again when a source changed (default: ``load``); stricter than the first
+            load (see :func:`~prodai_cli.keys.load_key_snapshot`).
 
     Raises:
         ConfigError: The first load fails (a server must not start on unreadable keys).
@@ -134,12 +139,14 @@ class KeyStore:
         self,
         load: Callable[[], KeySnapshot],
         *,
+        reload: Callable[[], KeySnapshot] | None = None,
         reload_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         header: str = "X-API-Key",
     ) -> None:
         self._load = load
+        self._reload = reload or load
         self.reload_interval_s = reload_interval_s
         self._clock = clock
         self._now = now
@@ -166,6 +173,7 @@ class KeyStore:
         """The keys the settings point at, re-read from the same files when they change."""
         return cls(
             lambda: load_key_snapshot(settings),
+            reload=lambda: load_key_snapshot(settings, reload=True),
             reload_interval_s=reload_interval_s,
             clock=clock,
             now=now,
@@ -223,10 +231,11 @@ class KeyStore:
         if not force and signature == self._signature:
             return False
         try:
-            snapshot = self._load()
+            snapshot = self._reload()
         except Exception as exc:  # an invalid file must not take the server down: keep the last good keys
             self.reload_errors += 1
             self.last_reload_error = f"{type(exc).__name__}: {exc}"
+            logger.error("keys reload refused; the last good keys stay live", extra={"error": str(exc)})
             # Remember the bad file's signature so it is not re-parsed on every request until it changes.
             self._signature = signature
             return False
