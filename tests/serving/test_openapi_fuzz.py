@@ -8,11 +8,14 @@ Bounded: a few dozen examples per mode.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
@@ -41,3 +44,40 @@ def test_no_generated_request_gets_a_server_error(fuzz_server: Any, mode: Genera
         assert 200 in seen, seen
     else:
         assert any(400 <= status < 500 for status in seen), seen
+
+
+ROUTES = ("/predict", "/predict/batch", "/health", "/health/ready", "/metrics")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def _body_strategy() -> st.SearchStrategy[bytes]:
+    # Raw bytes; any JSON value; near-misses of the real shapes (the text being any JSON value); hostile
+    # literals (huge integers, deep nesting, lone surrogates, blank texts).
+    near_miss = st.builds(lambda v: json.dumps({"text": v}).encode(), JSON_VALUES) | st.builds(
+        lambda v: json.dumps({"texts": v}).encode(), JSON_VALUES
+    )
+    hostile = st.sampled_from(
+        [
+            b'{"text": "x", "n": ' + b"9" * 5000 + b"}",
+            b'{"texts": [' + b"[" * 2000 + b"]" * 2000 + b"]}",
+            b'{"text": "\\ud800"}',
+            b'{"texts": ["\\udc00", "ok"]}',
+            b'{"text": "\\u0000"}',
+            b'{"text": 1e999}',
+            b'{"text": "' + b"\xc3" + b'"}',
+        ]
+    )
+    return st.binary(max_size=512) | st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES) | near_miss | hostile
+
+
+@given(route=st.sampled_from(ROUTES), body=_body_strategy())
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_arbitrary_bytes_and_json_never_get_a_server_error(fuzz_server: Any, route: str, body: bytes) -> None:
+    response = httpx.post(
+        f"{fuzz_server.url}{route}", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code < 500, (route, body[:200], response.status_code, response.text[:300])
