@@ -9,6 +9,9 @@ most, every 0.2 s), so a drill starts and stops a failure without a restart::
     echo 2 > /tmp/faults        # version 2 now raises InjectedFault on every prediction
     : > /tmp/faults             # and now it does not
 
+An entry may add ``delay=DURATION`` (``2 delay=1500ms``, ``clf/2 delay=2s``): that version's forward passes
+then sleep that long and answer normally instead of raising (a slowed server: the latency gate must fail).
+
 Only the forward pass is replaced: loading and warm-up run for real, and a failing prediction takes the
 server's real error path (the micro-batcher's model error, ``prodai_model_errors_total{error_type=
 "InjectedFault"}``, the version's circuit breaker, the A/B fallback, the HTTP answer). Use it to prove
@@ -80,9 +83,24 @@ class FaultPlan:
             return self._failing
 
     def fails(self, name: str, version: str) -> bool:
-        """True when the version (by number or ``name/number``) is listed."""
+        """True when the version (by number or ``name/number``) is listed without a delay."""
         failing = self.failing()
         return bool(failing) and (version in failing or f"{name}/{version}" in failing)
+
+    def delay_s(self, name: str, version: str) -> float:
+        """Seconds a forward pass of the version sleeps (``VERSION delay=1500ms`` entries), else 0."""
+        from prodai_cli.errors import ProdaiError
+        from prodai_cli.loadtest.slo import parse_duration
+
+        for entry in self.failing():
+            target, _, option = entry.partition(" ")
+            key, _, value = option.strip().partition("=")
+            if key == "delay" and target in (version, f"{name}/{version}"):
+                try:
+                    return parse_duration(value, what="delay", allow_zero=True)
+                except ProdaiError:
+                    return 0.0
+        return 0.0
 
 
 class FaultInjectingRuntime:
@@ -98,6 +116,9 @@ class FaultInjectingRuntime:
     def _check(self) -> None:
         if self._plan.fails(self._runtime.name, self._runtime.version):
             raise InjectedFault(f"fault injected into version {self._runtime.version} ({self._plan.path})")
+        delay = self._plan.delay_s(self._runtime.name, self._runtime.version)
+        if delay > 0:
+            time.sleep(delay)
 
     def predict(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         """The runtime's ``predict``, unless a fault is injected."""
