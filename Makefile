@@ -1,11 +1,14 @@
 # One entry point for people and CI. `make demo` and `make test` each run the idempotent setup first.
-.PHONY: setup demo test lint bench docs
+.PHONY: setup demo demo-busy test lint bench docs
 
 setup:
 	scripts/setup
 
 demo: setup
 	scripts/demo
+
+demo-busy: setup
+	scripts/demo-busy
 
 test: setup
 	scripts/test

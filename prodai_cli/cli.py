@@ -31,7 +31,7 @@ app = typer.Typer(
     help=f"Take a transformers model to production and keep it there.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -78,21 +78,71 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI, mapping ProdaiError to its message and exit code (traceback with PRODAI_DEBUG=1)."""
     from prodai_cli.console import Console
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = _wants_json(args)
     try:
-        app(args=argv, prog_name="prodai")
+        if json_mode:
+            _run_json(args)
+        else:
+            app(args=args, prog_name="prodai")
     except ProdaiError as exc:
         if os.environ.get("PRODAI_DEBUG") == "1":
             raise
         Console().error(exc.message, exc.hint)
+        if json_mode:
+            _print_json_error(type(exc).__name__, exc.message, exc.hint, exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         Console().error("Interrupted")
+        if json_mode:
+            _print_json_error("KeyboardInterrupt", "Interrupted", None, 130)
         sys.exit(130)
     except Exception as exc:  # the last line of defence: one readable line instead of a traceback
         if os.environ.get("PRODAI_DEBUG") == "1":
             raise
-        Console().error(f"Unexpected error: {type(exc).__name__}: {exc}", "Rerun with PRODAI_DEBUG=1 for a traceback")
+        hint = "Rerun with PRODAI_DEBUG=1 for a traceback"
+        Console().error(f"Unexpected error: {type(exc).__name__}: {exc}", hint)
+        if json_mode:
+            _print_json_error(type(exc).__name__, f"Unexpected error: {exc}", hint, EXIT_FAILURE)
         sys.exit(EXIT_FAILURE)
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options (before a ``--`` that ends them)."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
+def _run_json(args: list[str]) -> None:
+    """Run the app so that usage errors reach us: a script reading stdout gets a JSON error object too."""
+    # typer carries its own copy of click; its exceptions are the ones raised.
+    from typer._click.exceptions import ClickException
+
+    try:
+        code = app(args=args, prog_name="prodai", standalone_mode=False)
+    except ClickException as exc:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # the same human message as without --json
+        _print_json_error("UsageError", exc.format_message(), None, exc.exit_code)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _print_json_error(kind: str, message: str, hint: str | None, exit_code: int) -> None:
+    """The one error object of JSON mode: ``{"error": {type, message, hint, exit_code}}`` on stdout."""
+    import json
+
+    from prodai_cli.console import Console
+
+    if Console.json_result_printed:
+        return
+    error = {"type": kind, "message": message, "hint": hint, "exit_code": exit_code}
+    sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+    sys.stdout.flush()
 
 
 __all__ = ["EXIT_USAGE", "app", "main"]

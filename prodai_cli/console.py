@@ -36,6 +36,10 @@ class Console:
 
     """
 
+    # Set once a JSON result is on stdout: the error handler then adds no second document (the result of a
+    # command that fails after reporting, such as a load test that misses its SLOs, says so itself).
+    json_result_printed = False
+
     def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
@@ -73,6 +77,7 @@ class Console:
         if self.json_mode:
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             sys.stdout.flush()
+            Console.json_result_printed = True
         elif human is not None:
             # Plain write, not rich: results are for pipes too (rich would expand tabs and wrap lines).
             sys.stdout.write(human + "\n")

@@ -159,6 +159,13 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
     weights = [p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"}]
     if not weights:
         raise InvalidModelError(f"{model_dir} has no weights (*.safetensors or *.bin)")
+    tokenizer_files = sorted(p.name for p in model_dir.iterdir() if p.name in TOKENIZER_FILES or p.suffix == ".model")
+    if not tokenizer_files:
+        # transformers would build a tokenizer of special tokens only from config.json, and it would "work".
+        raise InvalidModelError(
+            f"{model_dir} has no tokenizer files (one of {', '.join(sorted(TOKENIZER_FILES))})",
+            hint="Save the tokenizer beside the model: tokenizer.save_pretrained(DIR)",
+        )
     quiet_offline_env()
     import transformers
 
@@ -174,7 +181,43 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
         model = auto.from_pretrained(str(model_dir))
     except Exception as exc:
         raise InvalidModelError(f"{model_dir}: cannot load the model: {_first_line(exc)}") from None
-    return transformers.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tokenizer)
+    pipeline = transformers.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tokenizer)
+    _check_forward_pass(model_dir, pipeline, task)
+    return pipeline
+
+
+# Files a saved tokenizer leaves (any one is enough; *.model is a SentencePiece file).
+TOKENIZER_FILES = frozenset({"tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model"})
+SAMPLE_TEXT = "prodai checks that this model answers."
+
+
+def _check_forward_pass(model_dir: Path, pipeline: Any, task: str) -> None:
+    """One prediction on a sample text: the model must answer with finite numbers before it is stored."""
+    import math
+
+    try:
+        output = pipeline(SAMPLE_TEXT)
+    except Exception as exc:
+        raise InvalidModelError(f"{model_dir}: a forward pass on a sample text failed: {_first_line(exc)}") from None
+    numbers: list[float] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            collect(value.get("score"))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers.append(float(value))
+
+    collect(output)
+    if not numbers:
+        raise InvalidModelError(f"{model_dir}: a forward pass on a sample text returned nothing ({task})")
+    if not all(math.isfinite(n) for n in numbers):
+        raise InvalidModelError(
+            f"{model_dir}: a forward pass on a sample text returned NaN or infinite values",
+            hint="The weights are corrupt or were saved in a precision this model overflows in",
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -575,6 +575,7 @@ def _loadtest(
         users=cfg.ship_users,
         api_key=run.probe_key,
         report_dir=run.report.report_dir / "loadtest",
+        scale_latency=cfg.ship_scale_latency,
     )
     result = run_loadtest(settings, plan, on_event=on_event, log_to_registry=True)
     summary = result.summary
@@ -587,6 +588,7 @@ def _loadtest(
         "report_dir": str(result.report_dir),
         "run_id": result.run_id,
         "mlflow": summary.get("mlflow"),
+        "latency_scale": summary.get("latency_scale"),
     }
     return run.report.loadtest
 
@@ -596,11 +598,21 @@ def _loadtest_line(loadtest: dict[str, Any]) -> str:
 
     shown = []
     for slo in loadtest.get("slos") or []:
-        observed = parse_slo(str(slo["slo"])).show(slo.get("observed"))
-        shown.append(f"{slo['slo']}: {observed} {'ok' if slo.get('passed') else 'FAILED'}")
+        parsed = parse_slo(str(slo["slo"]))
+        observed = parsed.show(slo.get("observed"))
+        scale = float(slo.get("scale") or 1.0)
+        allowed = f" (allowed {parsed.show(slo.get('allowed'))})" if scale != 1.0 else ""
+        shown.append(f"{slo['slo']}: {observed}{allowed} {'ok' if slo.get('passed') else 'FAILED'}")
     problems = loadtest.get("problems") or []
     requests = (loadtest.get("stats") or {}).get("requests")
-    return "; ".join(shown + list(problems)) + (f" ({requests} requests)" if requests is not None else "")
+    scale_info = loadtest.get("latency_scale") or {}
+    machine = (
+        f", machine load x{scale_info['factor']:.2g}"
+        if scale_info.get("applied") and scale_info.get("factor") is not None
+        else ""
+    )
+    counted = f" ({requests} requests{machine})" if requests is not None else ""
+    return "; ".join(shown + list(problems)) + counted
 
 
 def _check(run: _Run) -> Any:

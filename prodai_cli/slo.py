@@ -83,17 +83,29 @@ class Slo:
             return "rps"
         return "ms"
 
-    def holds(self, observed: float | None) -> bool:
-        """Whether ``observed`` satisfies the SLO; a missing figure (no requests measured) never does."""
+    @property
+    def is_latency(self) -> bool:
+        """True for latency SLOs (pNN, avg, min, max): the ones a latency scale applies to."""
+        return self.unit == "ms"
+
+    def holds(self, observed: float | None, threshold: float | None = None) -> bool:
+        """Whether ``observed`` satisfies the SLO; a missing figure (no requests measured) never does.
+
+        Args:
+            observed: The measured figure.
+            threshold: The threshold to judge against instead of the SLO's own (a scaled one).
+
+        """
+        limit = self.threshold if threshold is None else threshold
         if observed is None or math.isnan(observed):
             return False
         if self.op == "<":
-            return observed < self.threshold
+            return observed < limit
         if self.op == "<=":
-            return observed <= self.threshold
+            return observed <= limit
         if self.op == ">":
-            return observed > self.threshold
-        return observed >= self.threshold
+            return observed > limit
+        return observed >= limit
 
     def show(self, value: float | None) -> str:
         """A figure of this SLO's metric for people: ``12 ms``, ``0.50%``, ``48.2 rps``."""
@@ -113,6 +125,9 @@ class SloResult:
     slo: Slo
     observed: float | None
     passed: bool
+    # The threshold judged against: the SLO's own times the latency scale for a scaled latency SLO.
+    allowed: float | None = None
+    scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the shape of ``summary.json``'s ``slos`` list)."""
@@ -122,14 +137,17 @@ class SloResult:
             "key": self.slo.key,
             "op": self.slo.op,
             "threshold": self.slo.threshold,
+            "allowed": self.slo.threshold if self.allowed is None else self.allowed,
+            "scale": self.scale,
             "unit": self.slo.unit,
             "observed": self.observed,
             "passed": self.passed,
         }
 
     def describe(self) -> str:
-        """``p95 < 1ms (observed 14 ms)``."""
-        return f"{self.slo.text} (observed {self.slo.show(self.observed)})"
+        """``p95 < 1ms (observed 14 ms)``; a scaled SLO adds what it allowed: ``allowed 3200 ms at x3.2``."""
+        scaled = f", allowed {self.slo.show(self.allowed)} at x{self.scale:.2g} machine load" if self.scale != 1 else ""
+        return f"{self.slo.text} (observed {self.slo.show(self.observed)}{scaled})"
 
 
 def parse_slo(text: str) -> Slo:
@@ -192,10 +210,17 @@ def percentiles_for(slos: list[Slo]) -> list[float]:
     return sorted(wanted)
 
 
-def evaluate(slos: list[Slo], figures: dict[str, Any]) -> list[SloResult]:
+def evaluate(slos: list[Slo], figures: dict[str, Any], latency_scale: float = 1.0) -> list[SloResult]:
     """Judge every SLO against the figures of a run (``p95_ms``, ``error_rate``, ``rps``...).
 
     A run that measured no request has no latency or error rate: those SLOs fail rather than pass vacuously.
+
+    Args:
+        slos: The SLOs.
+        figures: The run's figures.
+        latency_scale: Multiplies latency thresholds (see :mod:`prodai_cli.loadtest.contention`); error rate
+            and rps SLOs are never scaled.
+
     """
     results = []
     for slo in slos:
@@ -203,7 +228,11 @@ def evaluate(slos: list[Slo], figures: dict[str, Any]) -> list[SloResult]:
         observed = float(raw) if isinstance(raw, (int, float)) else None
         if not figures.get("requests"):
             observed = None if slo.metric != "rps" else observed
-        results.append(SloResult(slo=slo, observed=observed, passed=slo.holds(observed)))
+        scale = latency_scale if slo.is_latency else 1.0
+        allowed = slo.threshold * scale
+        results.append(
+            SloResult(slo=slo, observed=observed, passed=slo.holds(observed, allowed), allowed=allowed, scale=scale)
+        )
     return results
 
 

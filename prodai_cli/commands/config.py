@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings
+from prodai_cli.commands._common import JsonOption, console, settings, state
+from prodai_cli.errors import ConfigError
 
 app = typer.Typer(help="Validate and show prodai.yaml.", no_args_is_help=True)
 
 
 @app.command("validate")
-def validate(ctx: typer.Context, json_flag: JsonOption = False) -> None:
+def validate(
+    ctx: typer.Context,
+    config_path: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="prodai.yaml to validate (default: the global --config, then lookup)."),
+    ] = None,
+    json_flag: JsonOption = False,
+) -> None:
     """Check prodai.yaml; errors name the key and line. Exit 2 when invalid.
 
     Example: prodai config validate --config deploy/prodai.yaml
     """
+    from prodai_cli.config import find_config_path, load_settings
+
     out = console(ctx, json_flag)
-    loaded = settings(ctx)
+    path = config_path if config_path is not None else state(ctx).config_path
+    try:
+        loaded = load_settings(path)
+    except ConfigError as exc:
+        # --json prints a verdict for an invalid file too: scripts read stdout, not the stderr message.
+        located = _located(find_config_path, path)
+        out.result(
+            {
+                "valid": False,
+                "path": located,
+                "error": {
+                    "type": type(exc).__name__,
+                    "message": exc.message,
+                    "hint": exc.hint,
+                    "exit_code": exc.exit_code,
+                },
+            }
+        )
+        raise
     source = str(loaded.path) if loaded.path else "embedded defaults (no prodai.yaml)"
     out.result({"valid": True, "path": str(loaded.path) if loaded.path else None})
     out.success(f"Configuration is valid: {source}")
+
+
+def _located(find: Callable[[str | None], Path | None], path: str | None) -> str | None:
+    try:
+        found = find(path)
+    except ConfigError:
+        return str(Path(path).resolve()) if path else None
+    return str(found.resolve()) if found else None
 
 
 @app.command("show")

@@ -496,6 +496,13 @@ class LoadtestConfig(Section):
         description="Gates the run must pass: pNN|avg|max < 200ms, error_rate < 1%, rps > 50",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="A request slower than this counts as failed")
+    scale_latency: bool = Field(
+        False, description="Scale latency SLOs by the machine's measured CPU contention (a busy machine)"
+    )
+    max_latency_scale: float = Field(
+        10.0, ge=1, le=100, description="Most a latency SLO is scaled by; a busier machine fails scaled SLOs"
+    )
+    preflight: bool = Field(True, description="Send one request first and stop (exit 2) when it is refused")
 
     @field_validator("duration", "warmup")
     @classmethod
@@ -567,6 +574,9 @@ class CheckConfig(Section):
     ship_duration: str = Field("20s", description="Length of ship's load test, e.g. 20s, 1m")
     ship_warmup: str = Field("3s", description="Leading part of ship's load test left out of the SLOs")
     ship_users: int | None = Field(None, ge=1, description="Users of ship's load test. Empty: loadtest.users")
+    ship_scale_latency: bool = Field(
+        True, description="Scale ship's latency SLOs by this machine's measured CPU contention"
+    )
 
     @field_validator("required")
     @classmethod

@@ -78,6 +78,9 @@ class LoadtestPlan:
     master_bind_host: str = "*"
     worker_timeout_s: float = 60.0
     report_dir: Path | None = None
+    scale_latency: bool = False
+    max_latency_scale: float = 10.0
+    preflight: bool = True
 
     def settings_dict(self) -> dict[str, Any]:
         """The load shape as recorded in summary.json and MLflow params (no secrets)."""
@@ -94,6 +97,7 @@ class LoadtestPlan:
             "user_ids": self.user_ids,
             "api_key": bool(self.api_key),
             "slos": [slo.text for slo in self.slos],
+            "scale_latency": self.scale_latency,
         }
 
 
@@ -283,6 +287,7 @@ def build_plan(
     master_bind_host: str = "*",
     report_dir: Path | None = None,
     check_target: bool = True,
+    scale_latency: bool | None = None,
 ) -> LoadtestPlan:
     """Check every input and return a plan; config values fill what the caller leaves None.
 
@@ -372,6 +377,9 @@ def build_plan(
         master_bind_host=master_bind_host,
         worker_timeout_s=300.0 if master else 60.0,
         report_dir=report_dir or default_report_dir(settings, target),
+        scale_latency=cfg.scale_latency if scale_latency is None else scale_latency,
+        max_latency_scale=cfg.max_latency_scale,
+        preflight=cfg.preflight,
     )
 
 

@@ -28,7 +28,9 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
+from array import array
 import sys
 import time
 from pathlib import Path
@@ -128,13 +130,23 @@ class Window:
         self.measure_from: float | None = None
         self.requests = 0
         self.failures = 0
+        # Every response time of the window, per (name, method): Locust's own percentiles come from buckets
+        # rounded to two significant digits (950-1049 ms all read 1000 ms), too coarse to judge an SLO by.
+        self.times: dict[tuple[str, str], array[float]] = {}
+        self._unsent: dict[tuple[str, str], array[float]] = {}
 
     def start(self) -> None:
         """Called on ``test_start``: the window opens ``warmup_s`` from now."""
         self.stats.clear_all()
         self.requests = 0
         self.failures = 0
+        self.times = {}
+        self._unsent = {}
         self.measure_from = time.time() + self.warmup_s
+
+    def add_times(self, name: str, method: str, times: Any) -> None:
+        """Keep response times (ms) measured here or reported by a worker."""
+        self.times.setdefault((name, method), array("d")).extend(float(t) for t in times)
 
     def on_request(
         self,
@@ -151,6 +163,9 @@ class Window:
             self.failures += 1
         if self.measure_from is not None and time.time() >= self.measure_from:
             self.stats.log_request(request_type, name, response_time, response_length)
+            if response_time is not None:
+                self.add_times(name, request_type, (response_time,))
+                self._unsent.setdefault((name, request_type), array("d")).append(float(response_time))
             if exception:
                 self.stats.log_error(request_type, name, exception)
 
@@ -160,9 +175,30 @@ class Window:
             "stats": self.stats.serialize_stats(),
             "stats_total": self.stats.total.get_stripped_report(),
             "errors": self.stats.serialize_errors(),
+            "times": [[name, method, list(times)] for (name, method), times in self._unsent.items()],
         }
         self.stats.errors = {}
+        self._unsent = {}
         return report
+
+    def exact(self, figures: dict[str, Any], percentiles: list[float]) -> dict[str, Any]:
+        """``figures`` (of :func:`stats_figures`) with every percentile computed from the recorded times."""
+        by_name = {key: sorted(times) for key, times in self.times.items()}
+        total = sorted(t for times in self.times.values() for t in times)
+        for percent in percentiles:
+            key = percentile_key(percent)
+            figures["total"][key] = exact_percentile(total, percent)
+            for entry in figures["entries"]:
+                entry[key] = exact_percentile(by_name.get((entry["name"], entry["method"]), []), percent)
+        return figures
+
+
+def exact_percentile(ordered: list[float], percent: float) -> float | None:
+    """The nearest-rank percentile of sorted response times: the smallest time with ``percent`` % at or below."""
+    if not ordered:
+        return None
+    rank = math.ceil(percent / 100.0 * len(ordered))
+    return float(ordered[min(max(rank, 1), len(ordered)) - 1])
 
 
 # ----------------------------------------------------------------------------------------------- controller
@@ -195,6 +231,8 @@ def run_controller(spec: dict[str, Any]) -> int:
         def on_worker_report(client_id: str, data: dict[str, Any]) -> None:
             if WINDOW_KEY in data:
                 merge_report(window.stats, data[WINDOW_KEY])
+                for name, method, times in data[WINDOW_KEY].get("times", []):
+                    window.add_times(name, method, times)
 
         runner.register_message(MSG_HELLO, on_hello)
         runner.register_message(MSG_FLUSHED, on_flushed)
@@ -284,7 +322,7 @@ def run_controller(spec: dict[str, Any]) -> int:
         "measure_from": measure_from,
         "stopped_at": stopped,
         "window_seconds": window_seconds,
-        "window": stats_figures(window.stats, percentiles, window_seconds),
+        "window": window.exact(stats_figures(window.stats, percentiles, window_seconds), percentiles),
         "run": stats_figures(runner.stats, percentiles, stopped - started),
         "workers": workers,
         "exceptions": [{"count": e["count"], "message": e["msg"]} for e in runner.exceptions.values()],

@@ -279,9 +279,16 @@ def run_loadtest(
         ProdaiError: Locust could not run. An SLO that fails is not an exception: see ``result.passed``.
 
     """
+    from prodai_cli.loadtest.contention import ContentionSampler
+
     started = time.time()
-    final = execute(plan, on_event)
-    summary, results = build_summary(plan, final, started_at=started, finished_at=time.time())
+    sampler = ContentionSampler(plan.max_latency_scale)
+    sampler.start()
+    try:
+        final = execute(plan, on_event)
+    finally:
+        scale = sampler.stop()
+    summary, results = build_summary(plan, final, started_at=started, finished_at=time.time(), latency_scale=scale)
     assert plan.report_dir is not None
     write_summary(plan.report_dir, summary)
     run_id: str | None = None

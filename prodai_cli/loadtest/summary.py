@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prodai_cli.slo import SloResult, evaluate
 
 if TYPE_CHECKING:
+    from prodai_cli.loadtest.contention import LatencyScale
     from prodai_cli.loadtest.plan import LoadtestPlan
 
 SUMMARY_FILE = "summary.json"
@@ -87,9 +88,17 @@ def endpoints(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_summary(
-    plan: LoadtestPlan, final: dict[str, Any], *, started_at: float, finished_at: float
+    plan: LoadtestPlan,
+    final: dict[str, Any],
+    *,
+    started_at: float,
+    finished_at: float,
+    latency_scale: LatencyScale | None = None,
 ) -> tuple[dict[str, Any], list[SloResult]]:
     """Judge the SLOs on the window figures and assemble the summary.
+
+    With ``plan.scale_latency``, latency thresholds are multiplied by ``latency_scale.factor`` (the machine's
+    measured contention); the summary records the scale either way.
 
     Returns:
         The summary dict and the per-SLO results. ``passed`` is true only when every SLO held, the window
@@ -99,7 +108,8 @@ def build_summary(
     window = final.get("window") or {}
     run = final.get("run") or {}
     total = figures(window.get("total") or {})
-    results = evaluate(plan.slos, total)
+    factor = latency_scale.factor if (latency_scale is not None and plan.scale_latency) else 1.0
+    results = evaluate(plan.slos, total, latency_scale=factor)
     problems: list[str] = []
     if not total.get("requests"):
         problems.append("no request completed inside the SLO window")
@@ -130,6 +140,7 @@ def build_summary(
         "worker_requests": sum(int(w.get("requests", 0)) for w in workers) if workers else None,
         "exceptions": final.get("exceptions") or [],
         "report_dir": str(plan.report_dir) if plan.report_dir else None,
+        "latency_scale": {**latency_scale.to_dict(), "applied": plan.scale_latency} if latency_scale else None,
         "mlflow": None,
     }
     return summary, results

@@ -8,7 +8,9 @@ most, every 0.2 s), so a drill starts and stops a failure without a restart::
     PRODAI_FAULTS_FILE=/tmp/faults prodai serve
     echo 2 > /tmp/faults        # version 2 now raises InjectedFault on every prediction
     : > /tmp/faults             # and now it does not
-    echo "2 slow=3" > /tmp/faults   # version 2's forward passes now take 3 s longer (and succeed)
+
+An entry may add ``delay=DURATION`` (``2 delay=1500ms``, ``clf/2 delay=2s``): that version's forward passes
+then sleep that long and answer normally instead of raising (a slowed server: the latency gate must fail).
 
 Only the forward pass is replaced: loading and warm-up run for real, and a failing prediction takes the
 server's real error path (the micro-batcher's model error, ``prodai_model_errors_total{error_type=
@@ -25,7 +27,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from prodai_cli.errors import ProdaiError
 from prodai_cli.serving.pool import ModelPool
+from prodai_cli.slo import parse_duration
 
 if TYPE_CHECKING:
     from prodai_cli.config import ServingConfig, Settings
@@ -66,10 +70,10 @@ class FaultPlan:
             if not entry:
                 continue
             option = option.strip()
-            if option.startswith("slow="):
+            if option.startswith("delay="):
                 try:
-                    slow[entry] = max(0.0, float(option.removeprefix("slow=")))
-                except ValueError:
+                    slow[entry] = parse_duration(option.removeprefix("delay="), what="delay", allow_zero=True)
+                except ProdaiError:
                     logger.warning("fault injection: unreadable option", extra={"line": line})
             else:
                 failing.add(entry)
@@ -97,12 +101,12 @@ class FaultPlan:
             return self._failing
 
     def delay(self, name: str, version: str) -> float:
-        """Extra seconds a forward pass of the version takes (``2 slow=3``); 0 when not listed."""
+        """Seconds a forward pass of the version sleeps (``VERSION delay=1500ms`` entries), else 0."""
         self.failing()  # re-read when due
         return self._slow.get(version, self._slow.get(f"{name}/{version}", 0.0))
 
     def fails(self, name: str, version: str) -> bool:
-        """True when the version (by number or ``name/number``) is listed."""
+        """True when the version (by number or ``name/number``) is listed without a delay."""
         failing = self.failing()
         return bool(failing) and (version in failing or f"{name}/{version}" in failing)
 

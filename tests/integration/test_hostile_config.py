@@ -137,7 +137,7 @@ def test_requests_past_the_grace_period_get_503_not_500(
         + "auth:\n  enabled: false\ncache:\n  enabled: false\nrate_limit:\n  enabled: false\n"
     )
     root = kit.make_project(registered_project, tmp_path / "proj", config)
-    (root / "faults").write_text("1 slow=4\n")  # every forward pass of clf/1 takes 4 s longer
+    (root / "faults").write_text("1 delay=4s\n")  # every forward pass of clf/1 takes 4 s longer
     server = kit.Server(root, "--model", "clf@production", env={"PRODAI_FAULTS_FILE": str(root / "faults")})
     servers.append(server)
     kit.start_all(server)
