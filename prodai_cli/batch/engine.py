@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prodai_cli.batch.phases import PhaseTimer
 from prodai_cli.batch.reader import BadLine, Record, check_readable, default_output_path, fingerprint, read_records
 from prodai_cli.batch.writer import ResumableWriter
 from prodai_cli.errors import ThresholdError, UsageError
@@ -90,6 +91,7 @@ class BatchSummary:
     max_batch_tokens: int | None
     batch_size: int | None
     status: str = "complete"
+    phases: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,24 +242,32 @@ def run_batch(
     """
     from prodai_cli.runtime.device import check_precision, resolve_device
 
-    status = on_status or (lambda _message: None)
-    batch_size = parse_batch_size(job.batch_size)
-    if job.engine not in ("local", "ray"):
-        raise UsageError(f"Unknown engine {job.engine!r}", hint="Use local or ray")
-    if job.max_tokens is not None and job.max_tokens < 2:
-        raise UsageError(f"--max-tokens must be at least 2, got {job.max_tokens}")
-    device = resolve_device(job.device)
-    check_precision(job.precision, device)
-    check_readable(job.input)
-    output = job.output_path
-    if output.resolve() == job.input.resolve():
-        raise UsageError("The output file must not be the input file")
+    # Wall time starts before any work, so the phases below account for all of it (a test holds them to 5%).
     started = time.perf_counter()
-    input_print = fingerprint(job.input)
-    model_identity = _model_identity(job, settings)
-    identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
-    writer = ResumableWriter(output, identity, restart=job.restart)
-    progress = writer.open()
+    timer = PhaseTimer()
+    status = on_status or (lambda _message: None)
+    with timer.phase("checks"):
+        batch_size = parse_batch_size(job.batch_size)
+        if job.engine not in ("local", "ray"):
+            raise UsageError(f"Unknown engine {job.engine!r}", hint="Use local or ray")
+        if job.max_tokens is not None and job.max_tokens < 2:
+            raise UsageError(f"--max-tokens must be at least 2, got {job.max_tokens}")
+    with timer.phase("device"):
+        device = resolve_device(job.device)
+        check_precision(job.precision, device)
+    with timer.phase("checks"):
+        check_readable(job.input)
+        output = job.output_path
+        if output.resolve() == job.input.resolve():
+            raise UsageError("The output file must not be the input file")
+    with timer.phase("fingerprint"):
+        input_print = fingerprint(job.input)
+    with timer.phase("registry"):
+        model_identity = _model_identity(job, settings)
+    with timer.phase("open_output"):
+        identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
+        writer = ResumableWriter(output, identity, restart=job.restart)
+        progress = writer.open()
     try:
         resumed_from = progress.lines_done
         items_before = progress.items
@@ -268,16 +278,21 @@ def run_batch(
         elif job.engine == "ray":
             from prodai_cli.batch.ray_engine import run_chunks_on_ray
 
-            runtime_info = run_chunks_on_ray(
-                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
-            )
+            with timer.phase("ray"):
+                runtime_info = run_chunks_on_ray(
+                    job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress,
+                    status,
+                )
         else:
             runtime_info = _run_local(
-                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status
+                job, settings, writer, model_identity, device, batch_size, lines_total, started, on_progress, status,
+                timer,
             )
-        writer.finish()
+        with timer.phase("finish"):
+            writer.finish()
     finally:
-        writer.close()
+        with timer.phase("finish"):
+            writer.close()
     wall = time.perf_counter() - started
     progress = writer.progress
     this_run = progress.items - items_before
@@ -306,6 +321,7 @@ def run_batch(
         error_rate=round(error_rate, 6),
         max_batch_tokens=runtime_info.get("max_batch_tokens"),
         batch_size=batch_size if isinstance(batch_size, int) else None,
+        phases=timer.to_dict(),
     )
     if error_rate > job.max_error_rate:
         raise ErrorRateExceededError(
@@ -358,17 +374,21 @@ def _run_local(
     started: float,
     on_progress: ProgressCallback | None,
     status: Callable[[str], None],
+    timer: PhaseTimer | None = None,
 ) -> dict[str, Any]:
+    timer = timer or PhaseTimer()
     status(f"Loading {job.model} on {device} ({job.precision})")
-    set_threads(job.threads)
-    runtime = _load(job, settings, device, model)
+    with timer.phase("load"):
+        set_threads(job.threads)
+        runtime = _load(job, settings, device, model)
     name, version = str(model["name"]), str(model["version"])
     skip = writer.progress.lines_done
-    if batch_size == "auto":
-        status("Calibrating the batch size")
-        runtime.calibrate(calibration_sample(job, skip))
-    else:
-        runtime.warmup()
+    with timer.phase("calibrate"):
+        if batch_size == "auto":
+            status("Calibrating the batch size")
+            runtime.calibrate(calibration_sample(job, skip))
+        else:
+            runtime.warmup()
     budget = runtime.max_batch_tokens if batch_size == "auto" else None
     size = batch_size if isinstance(batch_size, int) else None
     tokens_this_run = 0
@@ -380,18 +400,26 @@ def _run_local(
     # On an accelerator, tokenizing and parsing the next chunk overlaps the current forward passes; on
     # a CPU they would only compete with the model for the same cores.
     encoded_chunks = _prefetch(map(encode, chunks)) if device != "cpu" else map(encode, chunks)
-    for chunk, encoded in encoded_chunks:
-        predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
-        lengths = encoded.lengths
-        outputs = [
-            output_line(record, prediction, cut, name, version)
-            for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
-        ]
-        errors = [json.dumps(bad.to_dict(), ensure_ascii=False) for bad in chunk.bad]
-        writer.commit(
-            lines_done=chunk.end_line, outputs=outputs, errors=errors, truncated=sum(encoded.truncated),
-            tokens=sum(lengths),
-        )
+    while True:
+        # With the prefetch thread this is the wait for the next chunk, not its whole tokenising time.
+        with timer.phase("read_tokenize"):
+            pair = next(encoded_chunks, None)
+        if pair is None:
+            break
+        chunk, encoded = pair
+        with timer.phase("forward"):
+            predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
+        with timer.phase("write"):
+            lengths = encoded.lengths
+            outputs = [
+                output_line(record, prediction, cut, name, version)
+                for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
+            ]
+            errors = [json.dumps(bad.to_dict(), ensure_ascii=False) for bad in chunk.bad]
+            writer.commit(
+                lines_done=chunk.end_line, outputs=outputs, errors=errors, truncated=sum(encoded.truncated),
+                tokens=sum(lengths),
+            )
         tokens_this_run += sum(lengths)
         if on_progress is not None:
             p = writer.progress

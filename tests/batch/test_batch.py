@@ -96,6 +96,24 @@ def test_embedding_job_without_id_field_uses_line_numbers(project: Path, tiny_em
     assert summary.batch_size == 4
 
 
+def test_phases_add_up_to_the_wall_time(registered_copy: Path) -> None:
+    write_jsonl(registered_copy / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(300))])
+    result = run_cli(
+        "--json", "-v", "batch", "in.jsonl", "--model", "clf@production", "-o", "scored.jsonl", "--device", "cpu",
+        cwd=registered_copy, env=ONE_THREAD,
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    phases = summary["phases"]
+    for name in ("registry", "load", "calibrate", "read_tokenize", "forward", "write", "finish"):
+        assert name in phases, phases
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["forward"] > 0
+    # Every phase is timed on the one thread that runs the job, so together they are the job's wall time.
+    assert sum(phases.values()) == pytest.approx(summary["wall_s"], rel=0.05)
+    assert "phases: " in result.stderr and "forward" in result.stderr  # -v prints them too
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
