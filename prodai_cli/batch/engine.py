@@ -322,6 +322,7 @@ def run_batch(
         max_batch_tokens=runtime_info.get("max_batch_tokens"),
         batch_size=batch_size if isinstance(batch_size, int) else None,
         phases=timer.to_dict(),
+        extra={"calibration": runtime_info["calibration"]} if "calibration" in runtime_info else {},
     )
     if error_rate > job.max_error_rate:
         raise ErrorRateExceededError(
@@ -383,10 +384,10 @@ def _run_local(
         runtime = _load(job, settings, device, model)
     name, version = str(model["name"]), str(model["version"])
     skip = writer.progress.lines_done
+    calibration = "fixed"
     with timer.phase("calibrate"):
         if batch_size == "auto":
-            status("Calibrating the batch size")
-            runtime.calibrate(calibration_sample(job, skip))
+            calibration = _calibrate_cached(job, settings, runtime, model, device, skip, status)
         else:
             runtime.warmup()
     budget = runtime.max_batch_tokens if batch_size == "auto" else None
@@ -424,7 +425,43 @@ def _run_local(
         if on_progress is not None:
             p = writer.progress
             on_progress(ProgressUpdate(p.lines_done, lines_total, p.items, p.tokens, time.perf_counter() - started))
-    return {**runtime.describe(), "tokens_this_run": tokens_this_run, "max_batch_tokens": budget}
+    return {
+        **runtime.describe(), "tokens_this_run": tokens_this_run, "max_batch_tokens": budget,
+        "calibration": calibration,
+    }
+
+
+def _calibrate_cached(
+    job: BatchJob,
+    settings: Settings | None,
+    runtime: ModelRuntime,
+    model: dict[str, Any],
+    device: str,
+    skip: int,
+    status: Callable[[str], None],
+) -> str:
+    """Reuse a budget calibrated for this model version, precision and machine, else calibrate and keep it."""
+    from prodai_cli.batch import calibration_cache
+
+    if settings is None:
+        from prodai_cli.config import load_settings
+
+        settings = load_settings()
+    import torch
+
+    sample = calibration_sample(job, skip)
+    key = calibration_cache.cache_key(
+        model, job.precision, device, torch.get_num_threads(), runtime.encode(sample).lengths
+    )
+    path = settings.state_dir / "calibration.json"
+    cached = calibration_cache.lookup(path, key)
+    if cached is not None:
+        runtime.max_batch_tokens = cached
+        runtime.warmup()  # still pay the first-call setup outside the timed forward passes
+        return "cached"
+    status("Calibrating the batch size")
+    calibration_cache.store(path, key, runtime.calibrate(sample))
+    return "measured"
 
 
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:

@@ -114,6 +114,18 @@ def test_phases_add_up_to_the_wall_time(registered_copy: Path) -> None:
     assert "phases: " in result.stderr and "forward" in result.stderr  # -v prints them too
 
 
+def test_calibration_is_reused_for_the_same_model_and_machine(project: Path, tiny_classifier_dir: Path) -> None:
+    write_jsonl(project / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(80))])
+    first = run_batch(job(project, tiny_classifier_dir))
+    second = run_batch(job(project, tiny_classifier_dir, output=project / "again.jsonl"))
+    assert first.extra["calibration"] == "measured"
+    assert second.extra["calibration"] == "cached"
+    assert second.max_batch_tokens == first.max_batch_tokens
+    other = run_batch(job(project, tiny_classifier_dir, output=project / "long.jsonl", max_tokens=8))
+    assert other.extra["calibration"] in ("measured", "cached")  # a changed setting never errors
+    assert read_jsonl(project / "again.jsonl") == read_jsonl(project / "out.jsonl")
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
