@@ -26,6 +26,7 @@ from prodai_cli.batch.job import (
     pinned_model,
     set_threads,
 )
+from prodai_cli.batch.phases import PhaseTimer
 from prodai_cli.batch.reader import check_readable, fingerprint
 from prodai_cli.batch.writer import ResumableWriter
 from prodai_cli.errors import ErrorRateExceededError, UsageError
@@ -124,24 +125,32 @@ def run_batch(
     """
     from prodai_cli.runtime.device import check_precision, resolve_device
 
-    status = on_status or (lambda _message: None)
-    batch_size = parse_batch_size(job.batch_size)
-    if job.engine not in ("local", "ray"):
-        raise UsageError(f"Unknown engine {job.engine!r}", hint="Use local or ray")
-    if job.max_tokens is not None and job.max_tokens < 2:
-        raise UsageError(f"--max-tokens must be at least 2, got {job.max_tokens}")
-    device = resolve_device(job.device)
-    check_precision(job.precision, device)
-    check_readable(job.input)
-    output = job.output_path
-    if output.resolve() == job.input.resolve():
-        raise UsageError("The output file must not be the input file")
+    # Wall time starts before any work, so the phases below account for all of it (a test holds them to 5%).
     started = time.perf_counter()
-    input_print = fingerprint(job.input)
-    model_identity = _model_identity(job, settings)
-    identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
-    writer = ResumableWriter(output, identity, restart=job.restart)
-    progress = writer.open()
+    timer = PhaseTimer()
+    status = on_status or (lambda _message: None)
+    with timer.phase("checks"):
+        batch_size = parse_batch_size(job.batch_size)
+        if job.engine not in ("local", "ray"):
+            raise UsageError(f"Unknown engine {job.engine!r}", hint="Use local or ray")
+        if job.max_tokens is not None and job.max_tokens < 2:
+            raise UsageError(f"--max-tokens must be at least 2, got {job.max_tokens}")
+    with timer.phase("device"):
+        device = resolve_device(job.device)
+        check_precision(job.precision, device)
+    with timer.phase("checks"):
+        check_readable(job.input)
+        output = job.output_path
+        if output.resolve() == job.input.resolve():
+            raise UsageError("The output file must not be the input file")
+    with timer.phase("fingerprint"):
+        input_print = fingerprint(job.input)
+    with timer.phase("registry"):
+        model_identity = _model_identity(job, settings)
+    with timer.phase("open_output"):
+        identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
+        writer = ResumableWriter(output, identity, restart=job.restart)
+        progress = writer.open()
     try:
         resumed_from = progress.lines_done
         items_before = progress.items
@@ -156,12 +165,15 @@ def run_batch(
             if job.engine == "ray":
                 from prodai_cli.batch.ray_engine import run_chunks_on_ray
 
-                runtime_info = run_chunks_on_ray(run)
+                with timer.phase("ray"):
+                    runtime_info = run_chunks_on_ray(run)
             else:
-                runtime_info = _run_local(run)
-        writer.finish()
+                runtime_info = _run_local(run, timer)
+        with timer.phase("finish"):
+            writer.finish()
     finally:
-        writer.close()
+        with timer.phase("finish"):
+            writer.close()
     wall = time.perf_counter() - started
     progress = writer.progress
     this_run = progress.items - items_before
@@ -190,6 +202,8 @@ def run_batch(
         error_rate=round(error_rate, 6),
         max_batch_tokens=runtime_info.get("max_batch_tokens"),
         batch_size=batch_size if isinstance(batch_size, int) else None,
+        phases=timer.to_dict(),
+        extra={"calibration": runtime_info["calibration"]} if "calibration" in runtime_info else {},
     )
     if error_rate > job.max_error_rate:
         raise ErrorRateExceededError(
@@ -208,17 +222,20 @@ def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str
     )
 
 
-def _run_local(run: EngineRun) -> dict[str, Any]:
+def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any]:
+    timer = timer or PhaseTimer()
     job, device, batch_size = run.job, run.device, run.batch_size
     run.status(f"Loading {job.model} on {device} ({job.precision})")
-    set_threads(job.threads)
-    runtime = _load(job, run.settings, device, run.model)
+    with timer.phase("load"):
+        set_threads(job.threads)
+        runtime = _load(job, run.settings, device, run.model)
     skip = run.writer.progress.lines_done
-    if batch_size == "auto":
-        run.status("Calibrating the batch size")
-        runtime.calibrate(calibration_sample(job, skip))
-    else:
-        runtime.warmup()
+    calibration = "fixed"
+    with timer.phase("calibrate"):
+        if batch_size == "auto":
+            calibration = _calibrate_cached(job, run.settings, runtime, run.model, device, skip, run.status)
+        else:
+            runtime.warmup()
     budget = runtime.max_batch_tokens if batch_size == "auto" else None
     size = batch_size if isinstance(batch_size, int) else None
 
@@ -229,14 +246,60 @@ def _run_local(run: EngineRun) -> dict[str, Any]:
     # On an accelerator, tokenizing and parsing the next chunk overlaps the current forward passes; on
     # a CPU they would only compete with the model for the same cores.
     encoded_chunks = _prefetch(map(encode, chunks)) if device != "cpu" else map(encode, chunks)
-    for chunk, encoded in encoded_chunks:
-        predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
-        outputs = [
-            run.output_line(record, prediction, cut)
-            for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
-        ]
-        run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
-    return {**runtime.describe(), "tokens_this_run": run.tokens_this_run, "max_batch_tokens": budget}
+    while True:
+        # With the prefetch thread this is the wait for the next chunk, not its whole tokenising time.
+        with timer.phase("read_tokenize"):
+            pair = next(encoded_chunks, None)
+        if pair is None:
+            break
+        chunk, encoded = pair
+        with timer.phase("forward"):
+            predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
+        with timer.phase("write"):
+            outputs = [
+                run.output_line(record, prediction, cut)
+                for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
+            ]
+            run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
+    return {
+        **runtime.describe(),
+        "tokens_this_run": run.tokens_this_run,
+        "max_batch_tokens": budget,
+        "calibration": calibration,
+    }
+
+
+def _calibrate_cached(
+    job: BatchJob,
+    settings: Settings | None,
+    runtime: ModelRuntime,
+    model: dict[str, Any],
+    device: str,
+    skip: int,
+    status: Callable[[str], None],
+) -> str:
+    """Reuse a budget calibrated for this model version, precision and machine, else calibrate and keep it."""
+    from prodai_cli.batch import calibration_cache
+
+    if settings is None:
+        from prodai_cli.config import load_settings
+
+        settings = load_settings()
+    import torch
+
+    sample = calibration_sample(job, skip)
+    key = calibration_cache.cache_key(
+        model, job.precision, device, torch.get_num_threads(), runtime.encode(sample).lengths
+    )
+    path = settings.state_dir / "calibration.json"
+    cached = calibration_cache.lookup(path, key)
+    if cached is not None:
+        runtime.max_batch_tokens = cached
+        runtime.warmup()  # still pay the first-call setup outside the timed forward passes
+        return "cached"
+    status("Calibrating the batch size")
+    calibration_cache.store(path, key, runtime.calibrate(sample))
+    return "measured"
 
 
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:

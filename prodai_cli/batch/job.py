@@ -88,6 +88,7 @@ class BatchSummary:
     max_batch_tokens: int | None
     batch_size: int | None
     status: str = "complete"
+    phases: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -112,6 +112,9 @@ def _run_with_progress(out: Console, job: Any, config: Any) -> BatchSummary:
 def _render(out: Console, summary: BatchSummary) -> None:
     data = summary.to_dict()
     out.result(data)
+    if summary.phases:
+        # -v: where the wall time went, so fixed cost (registry, load, calibration) is visible per job.
+        out.debug("phases: " + "  ".join(f"{name} {seconds:.2f}s" for name, seconds in summary.phases.items()))
     if out.json_mode:
         return
     resumed = f", resumed at line {summary.resumed_from_line}" if summary.resumed_from_line else ""

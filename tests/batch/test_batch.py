@@ -99,6 +99,46 @@ def test_embedding_job_without_id_field_uses_line_numbers(project: Path, tiny_em
     assert summary.batch_size == 4
 
 
+def test_phases_add_up_to_the_wall_time(registered_copy: Path) -> None:
+    write_jsonl(registered_copy / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(300))])
+    result = run_cli(
+        "--json",
+        "-v",
+        "batch",
+        "in.jsonl",
+        "--model",
+        "clf@production",
+        "-o",
+        "scored.jsonl",
+        "--device",
+        "cpu",
+        cwd=registered_copy,
+        env=ONE_THREAD,
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    phases = summary["phases"]
+    for name in ("registry", "load", "calibrate", "read_tokenize", "forward", "write", "finish"):
+        assert name in phases, phases
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["forward"] > 0
+    # Every phase is timed on the one thread that runs the job, so together they are the job's wall time.
+    assert sum(phases.values()) == pytest.approx(summary["wall_s"], rel=0.05)
+    assert "phases: " in result.stderr and "forward" in result.stderr  # -v prints them too
+
+
+def test_calibration_is_reused_for_the_same_model_and_machine(project: Path, tiny_classifier_dir: Path) -> None:
+    write_jsonl(project / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(80))])
+    first = run_batch(job(project, tiny_classifier_dir))
+    second = run_batch(job(project, tiny_classifier_dir, output=project / "again.jsonl"))
+    assert first.extra["calibration"] == "measured"
+    assert second.extra["calibration"] == "cached"
+    assert second.max_batch_tokens == first.max_batch_tokens
+    other = run_batch(job(project, tiny_classifier_dir, output=project / "long.jsonl", max_tokens=8))
+    assert other.extra["calibration"] in ("measured", "cached")  # a changed setting never errors
+    assert read_jsonl(project / "again.jsonl") == read_jsonl(project / "out.jsonl")
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
