@@ -502,7 +502,6 @@ class LoadtestConfig(Section):
     max_latency_scale: float = Field(
         10.0, ge=1, le=100, description="Most a latency SLO is scaled by; a busier machine fails scaled SLOs"
     )
-    preflight: bool = Field(True, description="Send one request first and stop (exit 2) when it is refused")
 
     @field_validator("duration", "warmup")
     @classmethod

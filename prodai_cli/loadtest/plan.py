@@ -80,7 +80,6 @@ class LoadtestPlan:
     report_dir: Path | None = None
     scale_latency: bool = False
     max_latency_scale: float = 10.0
-    preflight: bool = True
 
     def settings_dict(self) -> dict[str, Any]:
         """The load shape as recorded in summary.json and MLflow params (no secrets)."""
@@ -379,7 +378,6 @@ def build_plan(
         report_dir=report_dir or default_report_dir(settings, target),
         scale_latency=cfg.scale_latency if scale_latency is None else scale_latency,
         max_latency_scale=cfg.max_latency_scale,
-        preflight=cfg.preflight,
     )
 
 
