@@ -108,6 +108,22 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host
 
 
+def predict_hint(settings: Settings, url: str) -> list[str]:
+    """Shell lines for a first request that works: with auth on (the default) they create and send a key.
+
+    The container reads the project's live config directory and reloads keys, so a key created after the
+    deploy is accepted without a redeploy (issue 15, item 2: the bare curl got 401).
+    """
+    body = "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'"
+    auth = settings.config.auth
+    if not auth.enabled:
+        return [f"curl -s -X POST {url}/predict {body}"]
+    return [
+        "KEY=$(prodai keys create --name first-client --scope predict)",
+        f"curl -s -X POST {url}/predict -H \"{auth.header}: $KEY\" {body}",
+    ]
+
+
 def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
     """Mounts, environment and user that let a container read the project's live prodai.yaml.
 
@@ -206,10 +222,11 @@ def _deploy_docker(
         config_hash=plan.config_hash,
         image_size_bytes=image.size_bytes,
         run=spec.to_dict(),
+        previous_run=_previous_run(before, image.id),
     )
     records.save(settings, record)
     steps = [
-        f"curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d '{{\"text\": \"hello\"}}'",
+        *predict_hint(settings, url),
         f"prodai deploy logs {plan.name}",
         f"prodai loadtest --url {url}",
     ]
@@ -605,6 +622,16 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
     return record
 
 
+def _previous_run(before: DeploymentRecord | None, new_image_id: str) -> dict[str, Any]:
+    """The run spec of the image a redeploy replaces, kept so a rollback runs it as it ran."""
+    if before is None:
+        return {}
+    if before.image_id and before.image_id != new_image_id:
+        return dict(before.run)
+    # Same image deployed again: the image to roll back to is still the one before it.
+    return dict(before.previous_run)
+
+
 def rollback(settings: Settings, name: str) -> DeploymentRecord:
     """Run the previous image of a docker deployment again, the way the current one runs.
 
@@ -621,7 +648,9 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
     previous = engine.image_info(client, record.previous_image)
     if previous is None:
         raise DeployError(f"The engine no longer has the previous image {record.previous_image[:19]}")
-    spec = engine.RunSpec.from_dict({**record.run, "image": previous.id})
+    # The previous image's own run spec (model ref, env): the current one names a model that image lacks.
+    previous_run = record.previous_run or record.run
+    spec = engine.RunSpec.from_dict({**previous_run, "image": previous.id})
     engine.remove_container(client, record.container_id or record.name)
     engine.remove_container(client, record.name)
     container_id = engine.run_container(client, spec)
@@ -649,7 +678,8 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
         port=record.port,
         config_hash=labels.get("prodai.config-hash"),
         image_size_bytes=previous.size_bytes,
-        run={**record.run, "image": previous.id},
+        run={**previous_run, "image": previous.id},
+        previous_run=record.run,
     )
     records.save(settings, rolled)
     return rolled

@@ -172,6 +172,7 @@ def test_status_and_logs(deployment: Any) -> None:
 def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, docker_client: Any) -> None:
     project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
     first_image = docker_client.containers.get(name).image.id
+    first_answer = _predict(f"http://127.0.0.1:{port}")["model_version"]
     second = run_cli("deploy", "--model", "clf/2", "--port", str(port), "--name", name,
                      "--tag", f"prodai-test-clf2:{port}", "--json", cwd=project, env=env, timeout=900)
     assert second.exit_code == 0, second.stderr[-4000:]
@@ -182,6 +183,8 @@ def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, doc
     assert docker_client.containers.get(name).image.id == first_image
     assert rolled.json()["image_id"] == first_image  # type: ignore[index]
     assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).status_code == 200
+    # The previous image runs with its own run spec, not the redeploy's `--model clf/2` env (issue 14, item 1).
+    assert _predict(f"http://127.0.0.1:{port}")["model_version"] == first_answer
 
 
 def test_stop_removes_the_container(deployment: Any, docker_client: Any) -> None:
