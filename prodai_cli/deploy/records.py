@@ -53,6 +53,9 @@ class DeploymentRecord:
     files_dir: str | None = None
     # How the container was started (mounts, env, user), so rollback starts the previous image the same way.
     run: dict[str, Any] = field(default_factory=dict)
+    # The run spec that belongs to previous_image (its own model ref and env): a rollback must run the
+    # previous image exactly as it ran before, not with the current image's env (issue 14, item 1).
+    previous_run: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -108,6 +108,22 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host
 
 
+def predict_hint(settings: Settings, url: str) -> list[str]:
+    """Shell lines for a first request that works: with auth on (the default) they create and send a key.
+
+    The container reads the project's live config directory and reloads keys, so a key created after the
+    deploy is accepted without a redeploy (issue 15, item 2: the bare curl got 401).
+    """
+    body = "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'"
+    auth = settings.config.auth
+    if not auth.enabled:
+        return [f"curl -s -X POST {url}/predict {body}"]
+    return [
+        "KEY=$(prodai keys create --name first-client --scope predict)",
+        f'curl -s -X POST {url}/predict -H "{auth.header}: $KEY" {body}',
+    ]
+
+
 def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
     """Mounts, environment and user that let a container read the project's live prodai.yaml.
 
@@ -206,14 +222,33 @@ def _deploy_docker(
         config_hash=plan.config_hash,
         image_size_bytes=image.size_bytes,
         run=spec.to_dict(),
+        previous_run=_previous_run(before, image.id),
     )
     records.save(settings, record)
     steps = [
-        f"curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d '{{\"text\": \"hello\"}}'",
+        *predict_hint(settings, url),
         f"prodai deploy logs {plan.name}",
         f"prodai loadtest --url {url}",
     ]
     return DeployResult(record, plan, context_dir, image, ready_after_s=waited, started=True, next_steps=steps)
+
+
+def _rollback_spec(record: DeploymentRecord, previous: engine.BuiltImage) -> engine.RunSpec:
+    """How to run the previous image: as it ran (recorded), else the current spec pinned to its own model."""
+    if record.previous_run:
+        return engine.RunSpec.from_dict({**record.previous_run, "image": previous.id})
+    # Older records kept no previous spec: the current one names the *current* model, which the previous
+    # image does not hold. Pin the model its labels say it serves.
+    run = {**record.run, "image": previous.id}
+    environment = dict(run.get("environment") or {})
+    model, version = previous.labels.get("prodai.model"), previous.labels.get("prodai.serving-version")
+    if "PRODAI_SERVING__MODEL" in environment and model and version:
+        environment["PRODAI_SERVING__MODEL"] = f"{model}/{version}"
+    run["environment"] = environment
+    labels = dict(run.get("labels") or {})
+    labels.update({k: v for k, v in previous.labels.items() if k in ("prodai.model", "prodai.serving-version")})
+    run["labels"] = labels
+    return engine.RunSpec.from_dict(run)
 
 
 def _restore(client: Any, before: DeploymentRecord | None, was_running: bool, timeout_s: float) -> bool:
@@ -651,6 +686,16 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
     return record
 
 
+def _previous_run(before: DeploymentRecord | None, new_image_id: str) -> dict[str, Any]:
+    """The run spec of the image a redeploy replaces, kept so a rollback runs it as it ran."""
+    if before is None:
+        return {}
+    if before.image_id and before.image_id != new_image_id:
+        return dict(before.run)
+    # Same image deployed again: the image to roll back to is still the one before it.
+    return dict(before.previous_run)
+
+
 def rollback(settings: Settings, name: str) -> DeploymentRecord:
     """Run the previous image of a docker deployment again, the way the current one runs.
 
@@ -667,16 +712,21 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
     previous = engine.image_info(client, record.previous_image)
     if previous is None:
         raise DeployError(f"The engine no longer has the previous image {record.previous_image[:19]}")
-    spec = engine.RunSpec.from_dict({**record.run, "image": previous.id})
+    spec = _rollback_spec(record, previous)
+    timeout_s = settings.config.deploy.readiness_timeout_s
+    # One host port: the current container must go before the previous image can bind it. If the previous
+    # image does not become ready, the current deployment is started again: a rollback never leaves the
+    # deployment down.
+    was_running = engine.container(client, record.name) is not None
     engine.remove_container(client, record.container_id or record.name)
     engine.remove_container(client, record.name)
-    container_id = engine.run_container(client, spec)
     try:
-        engine.wait_ready(
-            client, container_id, f"{record.url}/health/ready", settings.config.deploy.readiness_timeout_s
-        )
-    except DeployError:
-        engine.remove_container(client, container_id, timeout_s=5)
+        container_id = engine.run_container(client, spec)
+        engine.wait_ready(client, container_id, f"{record.url}/health/ready", timeout_s)
+    except DeployError as exc:
+        engine.remove_container(client, record.name, timeout_s=5)
+        if _restore(client, record, was_running, timeout_s):
+            exc.message += f"\nThe current deployment ({record.image}) was started again; nothing changed."
         raise
     labels = previous.labels
     version = int(labels.get("prodai.serving-version") or record.version)
@@ -696,7 +746,8 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
         port=record.port,
         config_hash=labels.get("prodai.config-hash"),
         image_size_bytes=previous.size_bytes,
-        run={**record.run, "image": previous.id},
+        run=spec.to_dict(),
+        previous_run=dict(record.run),
     )
     records.save(settings, rolled)
     return rolled

@@ -96,7 +96,7 @@ def deployment(
         from prodai_cli.deploy import engine
 
         engine.remove_container(docker_client, name, timeout_s=5)
-        remove_images(docker_client, f"prodai-test-clf:{port}", f"prodai-test-clf2:{port}")
+        remove_images(docker_client, f"prodai-test-clf:{port}", f"prodai-test-clf2:{port}", f"prodai-test-clf1:{port}")
 
 
 def test_deploy_builds_runs_and_answers(deployment: Any, docker_client: Any) -> None:
@@ -212,6 +212,26 @@ def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, doc
     assert docker_client.containers.get(name).image.id == first_image
     assert rolled.json()["image_id"] == first_image  # type: ignore[index]
     assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).status_code == 200
+
+
+def test_rollback_runs_the_previous_image_as_it_ran(deployment: Any, docker_client: Any) -> None:
+    """Issue 14: v2 pinned, then v1 pinned, then rollback: the v2 image must serve v2 (it holds nothing else)."""
+    project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
+    for version, tag in ((2, f"prodai-test-clf2:{port}"), (1, f"prodai-test-clf1:{port}")):
+        result = run_cli(
+            "deploy", "--model", f"clf/{version}", "--port", str(port), "--name", name, "--tag", tag, "--json",
+            cwd=project, env=env, timeout=900,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr[-4000:]
+        assert _predict(f"http://127.0.0.1:{port}")["model_version"] == str(version)
+    rolled = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
+    assert rolled.exit_code == 0, rolled.stderr[-4000:]
+    assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "2"
+    assert rolled.json()["run"]["environment"]["PRODAI_SERVING__MODEL"] == "clf/2"  # type: ignore[index]
+    # And back again: the rolled-back record remembers how the v1 image ran.
+    again = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
+    assert again.exit_code == 0, again.stderr[-4000:]
+    assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "1"
 
 
 def test_stop_removes_the_container(deployment: Any, docker_client: Any) -> None:
