@@ -27,6 +27,8 @@ DEFAULT_MAX_NUMBER_DIGITS = 100
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # Whitespace, NUL and the other C0/C1 controls: none of them is text a model can read.
 _BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]*")
+# The complement, as a JSON Schema pattern (it matches anywhere): a text needs one such character.
+VISIBLE_CHARACTER = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 
 class UntrustedInputError(ValueError):

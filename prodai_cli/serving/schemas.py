@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from prodai_cli.untrusted import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_DIGITS, is_blank
+from prodai_cli.untrusted import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_DIGITS, VISIBLE_CHARACTER, is_blank
 
 
 def _not_blank(text: str) -> str:
@@ -34,7 +34,16 @@ class RequestModels:
         self.max_json_depth = max_json_depth
         self.max_json_number_digits = max_json_number_digits
         # Lone surrogates never get this far: the body parser (prodai_cli.untrusted.loads) refuses them.
-        text_type = Annotated[str, StringConstraints(max_length=max_text_chars), AfterValidator(_not_blank)]
+        # The schema says what the validator enforces: at least one character that is not whitespace or a
+        # control character (JSON Schema patterns match anywhere in the string).
+        text_type = Annotated[
+            str,
+            StringConstraints(max_length=max_text_chars),
+            AfterValidator(_not_blank),
+            WithJsonSchema(
+                {"type": "string", "minLength": 1, "maxLength": max_text_chars, "pattern": VISIBLE_CHARACTER}
+            ),
+        ]
 
         class PredictRequest(BaseModel):
             """One text to classify or embed."""

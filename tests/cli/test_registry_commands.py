@@ -128,6 +128,7 @@ def test_bad_model_dir_writes_nothing(registered_copy: Path, tmp_path: Path) -> 
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "bert"}')
     (broken / "model.safetensors").write_bytes(b"not weights")
+    (broken / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n")  # a tokenizer, broken weights
     bad = run_cli("register", str(broken), "--name", "clf", cwd=registered_copy)
     assert bad.exit_code == 1
     assert "cannot load" in bad.stderr

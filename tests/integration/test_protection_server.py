@@ -437,7 +437,7 @@ rate_limit:
     for result in (created, revoked):
         assert_no_key_in(result.stderr, "CLI stderr")
 
-    # Guessing stops: past the failed-authentication limit the address gets 429, even with a good key.
+    # Guessing is throttled: past the failed-authentication limit a failing key gets 429...
     for _ in range(40):
         answer = ask({"X-API-Key": generate_key()})
         if answer.status == 429:
@@ -445,8 +445,10 @@ rate_limit:
         assert answer.status == 401
     assert answer.status == 429 and answer.json()["code"] == "auth_rate_limited"
     assert int(answer.headers["retry-after"]) >= 1
-    locked = ask({"X-API-Key": keys["client"]})
-    assert locked.status == 429 and "retry-after" in locked.headers
+    # ...but a key that verifies is still answered from that address (issue 13: one broken client behind a
+    # NAT must not lock everyone else out), and failing keys stay throttled.
+    assert ask({"X-API-Key": keys["client"]}).status == 200
+    assert ask({"X-API-Key": generate_key()}).status == 429
 
     server.stop()
     log = server.log()
