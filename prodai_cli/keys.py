@@ -152,14 +152,21 @@ def keys_file(settings: Settings) -> Path | None:
     return settings.resolve_path(name) if name else None
 
 
-def read_keys_file(path: Path) -> list[ApiKeyRecord]:
-    """Validate and read a keys file; a missing file holds no keys.
+def read_keys_file(path: Path, *, strict: bool = False) -> list[ApiKeyRecord]:
+    """Validate and read a keys file; a missing file holds no keys (unless ``strict``).
+
+    Args:
+        path: The keys file.
+        strict: A running server re-reading: a missing, empty or comment-only file is an error, not "no keys".
 
     Raises:
-        ConfigError: Unreadable, not YAML, or a record fails validation (the message names the record).
+        ConfigError: Unreadable, not YAML, or a record fails validation (the message names the record); with
+            ``strict``, missing or empty.
 
     """
     if not path.exists():
+        if strict:
+            raise ConfigError(f"Keys file {path} does not exist; refused, the last good keys stay live")
         return []
     import yaml as pyyaml
 
@@ -169,6 +176,8 @@ def read_keys_file(path: Path) -> list[ApiKeyRecord]:
         data = pyyaml.safe_load(text)
     except pyyaml.YAMLError as exc:
         raise ConfigError(f"Keys file {path} is not valid YAML: {exc}") from None
+    if data is None and strict:
+        raise ConfigError(f"Keys file {path} is empty (or only comments); refused, the last good keys stay live")
     try:
         return KeysFile.model_validate(data or {}).keys
     except ValidationError as exc:
@@ -198,22 +207,7 @@ def load_key_snapshot(settings: Settings, *, reload: bool = False) -> KeySnapsho
     if config.auth.keys_file:
         path = settings.resolve_path(config.auth.keys_file)
         sources.append(path)
-        if reload:
-            if not path.exists():
-                raise ConfigError(f"Keys file {path} does not exist; refused, the last good keys stay live")
-            text = read_bounded(path, "Keys file")
-            check_yaml(text, f"Keys file {path}")
-            import yaml as pyyaml
-
-            try:
-                empty = pyyaml.safe_load(text) is None
-            except pyyaml.YAMLError:
-                empty = False  # read_keys_file reports it with its reason
-            if empty:
-                raise ConfigError(
-                    f"Keys file {path} is empty (or only comments); refused, the last good keys stay live"
-                )
-        return KeySnapshot(tuple(read_keys_file(path)), tuple(sources))
+        return KeySnapshot(tuple(read_keys_file(path, strict=reload)), tuple(sources))
     return KeySnapshot(tuple(config.auth.keys), tuple(sources))
 
 
