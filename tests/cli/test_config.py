@@ -176,3 +176,21 @@ def test_debug_env_shows_traceback(cli, project: Path) -> None:  # type: ignore[
     result = cli("config", "validate", env={"PRODAI_DEBUG": "1"})
     assert result.exit_code != 0
     assert "Traceback" in result.stderr
+
+
+def test_the_new_input_limits_refuse_hostile_values_naming_key_and_line() -> None:
+    # Each limit is bounded both ways: a huge or zero value would switch the protection off.
+    for key, value in [
+        ("serving.max_header_bytes", 10**12),
+        ("serving.max_headers", 0),
+        ("serving.request_read_timeout_s", -1),
+        ("serving.max_connections", 0),
+        ("serving.max_json_depth", 10**6),
+        ("serving.max_json_number_digits", 10**6),
+        ("batch.max_line_bytes", 1),
+        ("batch.max_json_depth", 1),
+    ]:
+        section, name = key.split(".")
+        with pytest.raises(ConfigError) as caught:
+            parse_config_text(f"# limits\n{section}:\n  {name}: {value}\n")
+        assert f"{key}:" in caught.value.message and "line 3" in caught.value.message, caught.value.message
