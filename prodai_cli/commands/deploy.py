@@ -40,7 +40,7 @@ def deploy(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from prodai_cli.deploy.targets import deploy as run_deploy
+    from prodai_cli.deploy.lifecycle import deploy as run_deploy
 
     out = console(ctx, json_flag)
     project = settings(ctx)
@@ -86,7 +86,7 @@ def status(ctx: typer.Context, json_flag: JsonOption = False) -> None:
 
     Example: prodai deploy status --json
     """
-    from prodai_cli.deploy.targets import status as deployments
+    from prodai_cli.deploy.lifecycle import status as deployments
 
     out = console(ctx, json_flag)
     entries = deployments(settings(ctx))
@@ -125,17 +125,17 @@ def logs(
     """
     import sys
 
-    from prodai_cli.deploy import targets
+    from prodai_cli.deploy import lifecycle
 
     out = console(ctx, json_flag)
     project = settings(ctx)
-    deployment = targets.default_name(project, name)
+    deployment = lifecycle.default_name(project, name)
     if follow and not out.json_mode:
-        for chunk in targets.follow_logs(project, deployment, lines=lines):
+        for chunk in lifecycle.follow_logs(project, deployment, lines=lines):
             sys.stdout.write(chunk)
             sys.stdout.flush()
         return
-    text = targets.logs(project, deployment, lines=lines)
+    text = lifecycle.logs(project, deployment, lines=lines)
     out.result({"name": deployment, "lines": text.splitlines()}, human=text)
 
 
@@ -145,13 +145,13 @@ def stop(ctx: typer.Context, name: NameArg = None, json_flag: JsonOption = False
 
     Example: prodai deploy stop prodai-sentiment
     """
-    from prodai_cli.deploy import targets
+    from prodai_cli.deploy import lifecycle
 
     out = console(ctx, json_flag)
     project = settings(ctx)
-    deployment = targets.default_name(project, name)
+    deployment = lifecycle.default_name(project, name)
     with out.status(f"Stopping {deployment}"):
-        record = targets.stop(project, deployment)
+        record = lifecycle.stop(project, deployment)
     out.result(record.to_dict())
     out.success(f"Stopped and removed {record.name}")
 
@@ -162,12 +162,12 @@ def rollback(ctx: typer.Context, name: NameArg = None, json_flag: JsonOption = F
 
     Example: prodai deploy rollback prodai-sentiment
     """
-    from prodai_cli.deploy import targets
+    from prodai_cli.deploy import lifecycle
 
     out = console(ctx, json_flag)
     project = settings(ctx)
-    deployment = targets.default_name(project, name)
+    deployment = lifecycle.default_name(project, name)
     with out.status(f"Rolling {deployment} back"):
-        record = targets.rollback(project, deployment)
+        record = lifecycle.rollback(project, deployment)
     out.result(record.to_dict())
     out.success(f"{record.name} runs {record.image} again ({record.model}/{record.version}) at {record.url}")

@@ -2,6 +2,8 @@
 
 The flow is one way: :mod:`plan` decides what to bake (model versions resolved to numbers, the container's
 config), :mod:`context` writes the build context (models, wheelhouse, prodai wheel, Dockerfile),
-:mod:`engine` builds and runs it through the Docker SDK, :mod:`targets` adds the compose and Kubernetes files, and
-:mod:`records` remembers what runs where (``.prodai/deployments/<name>.json``).
+:mod:`containers` builds and runs it through the Docker SDK, :mod:`targets` holds one module per target
+(docker, compose, k8s), :mod:`lifecycle` deploys to a target and then reports, stops and rolls back from
+:mod:`records` (``.prodai/deployments/<name>.json``, what runs where); :mod:`readiness` is the one poller
+everything waits with.
 """

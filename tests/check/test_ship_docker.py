@@ -25,7 +25,7 @@ CANDIDATE = "prodai-clf-candidate"
 @pytest.fixture
 def docker_project(configured_project: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fully configured project readable by the container's user; its candidate container removed after."""
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
     from prodai_cli.errors import DeployError
 
     try:

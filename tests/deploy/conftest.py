@@ -23,7 +23,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> Any:
     """A Docker SDK client on a live engine that holds the offline base image."""
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
     from prodai_cli.errors import DeployError
 
     try:

@@ -43,14 +43,14 @@ def _package_image(client: Any, tmp: Path, tag: str, binary: str, tail: str) -> 
         "FROM prodai-base:bookworm\nCOPY lib/ /usr/local/lib/\nCOPY bin/ /usr/local/bin/\n"
         f"ENV LD_LIBRARY_PATH=/usr/local/lib\n{tail}\n"
     )
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
 
     engine.build_image(client, context, tag, network_mode="none")
 
 
 @pytest.fixture(scope="module")
 def service_images(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
 
     tmp = tmp_path_factory.mktemp("service-images")
     for tag, binary, tail in (

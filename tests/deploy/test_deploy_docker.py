@@ -93,7 +93,7 @@ def deployment(
         assert result.exit_code == 0, result.stderr[-4000:]
         yield {"project": project, "port": port, "name": name, "env": env, "result": result.json()}
     finally:
-        from prodai_cli.deploy import engine
+        from prodai_cli.deploy import containers as engine
 
         engine.remove_container(docker_client, name, timeout_s=5)
         remove_images(docker_client, f"prodai-test-clf:{port}", f"prodai-test-clf2:{port}", f"prodai-test-clf1:{port}")
@@ -276,11 +276,11 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
         assert "last log lines" in result.stderr
         # The tail is the container's own output: the server's JSON log lines.
         assert '"level"' in result.stderr
-        from prodai_cli.deploy import engine
+        from prodai_cli.deploy import containers as engine
 
         assert engine.container(docker_client, name) is None  # the failed container was removed
     finally:
-        from prodai_cli.deploy import engine
+        from prodai_cli.deploy import containers as engine
 
         engine.remove_container(docker_client, name, timeout_s=2)
         remove_images(docker_client, f"prodai-test-broken:{port}")
@@ -290,7 +290,7 @@ def test_build_with_networking_disabled(
     docker_client: Any, container_project: Path, wheel_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prodai_cli.config import load_settings
-    from prodai_cli.deploy import engine
+    from prodai_cli.deploy import containers as engine
     from prodai_cli.deploy.context import assemble
     from prodai_cli.deploy.plan import plan_deployment
 

@@ -17,9 +17,11 @@ import yaml
 from helpers import run_cli
 
 from prodai_cli.config import load_settings
-from prodai_cli.deploy import records, targets
+from prodai_cli.deploy import records
 from prodai_cli.deploy.context import dockerfile_text
 from prodai_cli.deploy.plan import plan_deployment
+from prodai_cli.deploy.targets import compose as compose_target
+from prodai_cli.deploy.targets import docker, k8s
 from prodai_cli.deploy.templates import render, template_names
 from prodai_cli.deploy.wheelhouse import build_prodai_wheel, missing_requirements, torch_requirement
 from prodai_cli.errors import DeployError, UsageError
@@ -59,9 +61,11 @@ def _tool(name: str) -> str:
 
 def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(ab_plan: Any, tmp_path: Path) -> None:
     rendered: dict[str, str] = {"Dockerfile.j2": dockerfile_text(ab_plan, "prodai-0-py3-none-any.whl")}
-    for relative, text in targets.compose_files(ab_plan, image="img:1", port=8080, project_dir=str(tmp_path)).items():
+    for relative, text in compose_target.compose_files(
+        ab_plan, image="img:1", port=8080, project_dir=str(tmp_path)
+    ).items():
         rendered[relative] = text
-    for relative, text in targets.k8s_manifests(ab_plan, image="img:1").items():
+    for relative, text in k8s.k8s_manifests(ab_plan, image="img:1").items():
         rendered[f"k8s/{relative}"] = text
     # Every packaged template was exercised by the renders above.
     produced = {
@@ -72,7 +76,7 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         "grafana/datasource.yml.j2",
         "grafana/dashboards.yml.j2",
         "grafana/prodai-dashboard.json.j2",
-        *(f"k8s/{name}.j2" for name in targets.k8s_manifests(ab_plan, image="img:1")),
+        *(f"k8s/{name}.j2" for name in k8s.k8s_manifests(ab_plan, image="img:1")),
     }
     assert set(template_names()) == produced
     for name, text in rendered.items():
@@ -97,7 +101,7 @@ def test_dockerfile_variants(ab_plan: Any) -> None:
 def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> None:
     import kubernetes_validate
 
-    manifests = targets.k8s_manifests(ab_plan, image="registry.example/prodai-clf:1-2")
+    manifests = k8s.k8s_manifests(ab_plan, image="registry.example/prodai-clf:1-2")
     kinds = []
     for text in manifests.values():
         document = yaml.safe_load(text)
@@ -118,7 +122,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> 
     secret = yaml.safe_load(yaml.safe_load(manifests["secret.yaml"])["stringData"]["keys.yaml"])
     assert secret["keys"][0]["hash"] == "a" * 64
     ab_plan.variant = "cuda"
-    gpu = yaml.safe_load(targets.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
+    gpu = yaml.safe_load(k8s.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
     kubernetes_validate.validate(gpu, K8S_VERSION, strict=True)
     assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
@@ -126,7 +130,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> 
 def test_k8s_schema_validation_rejects_a_broken_manifest(ab_plan: Any) -> None:
     import kubernetes_validate
 
-    document = yaml.safe_load(targets.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
+    document = yaml.safe_load(k8s.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
     document["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
@@ -134,7 +138,7 @@ def test_k8s_schema_validation_rejects_a_broken_manifest(ab_plan: Any) -> None:
 
 def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path) -> None:
     compose = _tool("docker-compose")
-    files = targets.compose_files(ab_plan, image="prodai-clf:1-2", port=8080, project_dir=str(tmp_path))
+    files = compose_target.compose_files(ab_plan, image="prodai-clf:1-2", port=8080, project_dir=str(tmp_path))
     for relative, text in files.items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text, encoding="utf-8")
@@ -159,7 +163,7 @@ def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path
 
 def test_prometheus_config_and_alert_rules_pass_promtool(ab_plan: Any, tmp_path: Path) -> None:
     promtool = _tool("promtool")
-    files = targets.compose_files(ab_plan, image="img:1", port=8080, project_dir=None)
+    files = compose_target.compose_files(ab_plan, image="img:1", port=8080, project_dir=None)
     (tmp_path / "prometheus.yml").write_text(files["prometheus.yml"])
     (tmp_path / "alerts.yml").write_text(files["alerts.yml"])
     config = subprocess.run(
@@ -248,10 +252,10 @@ def test_config_mounts_refuse_to_run_as_root_to_read_a_private_config(tmp_path: 
     settings = load_settings(project / "prodai.yaml")
     if (project / "prodai.yaml").stat().st_uid == 0:
         with pytest.raises(DeployError, match="cannot read"):
-            targets.config_mounts(settings)
+            docker.config_mounts(settings)
     project.chmod(0o755)
     (project / "prodai.yaml").chmod(0o644)
-    mounts, environment, user = targets.config_mounts(settings)
+    mounts, environment, user = docker.config_mounts(settings)
     assert user is None and environment == {"PRODAI_CONFIG": "/app/prodai.yaml"}
     assert [(m["type"], m["target"], m["read_only"]) for m in mounts] == [
         ("bind", "/app", True),

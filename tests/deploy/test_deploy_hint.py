@@ -14,7 +14,7 @@ import httpx
 from helpers import free_port
 
 from prodai_cli.config import load_settings
-from prodai_cli.deploy.targets import predict_hint
+from prodai_cli.deploy.targets.docker import predict_hint
 
 
 def test_hint_creates_and_sends_a_key_the_running_server_accepts(registered_project: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The Docker engine, through the Docker SDK: build images, run, watch, read and remove containers.
+"""The Docker engine through the Docker SDK: build images, run, watch, read and remove containers.
 
 Everything Docker-specific lives here; callers get plain dataclasses and :class:`DeployError` (never a
 ``docker`` exception), with the container's last log lines when a container fails.
@@ -6,12 +6,12 @@ Everything Docker-specific lives here; callers get plain dataclasses and :class:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prodai_cli.deploy import readiness
 from prodai_cli.errors import DeployError
 
 MANAGED_LABEL = "prodai.managed"
@@ -207,46 +207,37 @@ def logs_tail(client: Any, ref: str, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def wait_ready(client: Any, container_id: str, url: str, timeout_s: float) -> float:
-    """Wait until ``url`` answers 200, failing early when the container exits or restarts.
+    """Wait until ``url`` (a base URL) is ready, failing early when the container exits or restarts.
 
     Returns:
         Seconds waited.
 
     Raises:
-        DeployError: Not ready in time, or the container stopped; the message ends with its log tail.
+        NotReady: Not ready in time, or the container stopped; the message ends with its log tail.
 
     """
-    import httpx
 
-    start = time.monotonic()
-    deadline = start + timeout_s
-    last = "no answer yet"
-    with httpx.Client(timeout=2.0) as http:
-        while True:
-            found = container(client, container_id)
-            if found is None:
-                raise DeployError(f"The container {container_id[:12]} disappeared while starting")
-            state = found.attrs.get("State", {})
-            if state.get("Status") in {"exited", "dead"} or state.get("Restarting") or found.attrs.get("RestartCount"):
-                code = state.get("ExitCode")
-                raise DeployError(
-                    f"The server container stopped while starting (exit code {code}). Its last log lines:\n"
-                    + logs_tail(client, container_id)
-                )
-            try:
-                response = http.get(url)
-                if response.status_code == 200:
-                    return time.monotonic() - start
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            if time.monotonic() >= deadline:
-                raise DeployError(
-                    f"{url} was not ready after {timeout_s:g}s (last: {last}). The container's last log lines:\n"
-                    + logs_tail(client, container_id),
-                    hint="Raise deploy.readiness_timeout_s for a large model",
-                )
-            time.sleep(0.5)
+    def alive() -> str | None:
+        found = container(client, container_id)
+        if found is None:
+            return f"The container {container_id[:12]} disappeared while starting"
+        state = found.attrs.get("State", {})
+        if state.get("Status") in {"exited", "dead"} or state.get("Restarting") or found.attrs.get("RestartCount"):
+            return (
+                f"The server container stopped while starting (exit code {state.get('ExitCode')}). "
+                "Its last log lines:\n" + logs_tail(client, container_id)
+            )
+        return None
+
+    try:
+        return readiness.wait_ready(url, timeout_s, alive=alive)
+    except readiness.NotReady as exc:
+        if exc.died:
+            raise
+        raise readiness.NotReady(
+            f"{exc.message}. The container's last log lines:\n" + logs_tail(client, container_id),
+            hint="Raise deploy.readiness_timeout_s for a large model",
+        ) from None
 
 
 def remove_container(client: Any, ref: str, *, timeout_s: int = 15) -> bool:

@@ -1,0 +1,3 @@
+"""One module per deploy target: docker, compose, k8s."""
+
+TARGETS = ("docker", "compose", "k8s")
