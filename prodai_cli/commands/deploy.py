@@ -102,13 +102,14 @@ def status(ctx: typer.Context, json_flag: JsonOption = False) -> None:
             e["target"],
             e.get("state"),
             e.get("health") or "",
+            f"{e['replicas_running']}/{len(e.get('replicas') or [])}" if "replicas_running" in e else "",
             e["url"],
             e["image"],
             f"{e['model']}/{e['version']}",
         )
         for e in entries
     ]
-    out.table(["name", "target", "state", "health", "url", "image", "serving"], rows)
+    out.table(["name", "target", "state", "health", "replicas", "url", "image", "serving"], rows)
 
 
 @app.command("logs")
