@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.deploy import containers as engine
-from prodai_cli.deploy import records
+from prodai_cli.deploy import records, secrets
 from prodai_cli.deploy.outcome import DeployResult, Progress, display_host, record_or_error
-from prodai_cli.deploy.plan import CONTAINER_PORT, CONTAINER_UID, DeployPlan
+from prodai_cli.deploy.plan import CONTAINER_PORT, DeployPlan
 from prodai_cli.deploy.records import DeploymentRecord
 from prodai_cli.errors import DeployError
 
@@ -45,7 +44,7 @@ def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, s
         (mounts, environment, user): user is None when the image's own non-root user can read the config.
 
     Raises:
-        DeployError: Only root could read the config; the hint says how to open it up.
+        DeployError: Only root could read the config, and gid 10001 has members on this host (deploy/secrets.py).
 
     """
     if settings.path is None:
@@ -57,18 +56,8 @@ def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, s
         {"type": "volume", "source": None, "target": "/app/.prodai", "read_only": False},
     ]
     environment = {"PRODAI_CONFIG": f"/app/{settings.path.name}"}
-    dir_mode = config_dir.stat().st_mode
-    file_stat = settings.path.stat()
-    if dir_mode & stat.S_IXOTH and file_stat.st_mode & stat.S_IROTH:
-        return mounts, environment, None
-    if file_stat.st_uid != 0:
-        # The file's owner can read it; run as that user (still not root).
-        return mounts, environment, f"{file_stat.st_uid}:{file_stat.st_gid}"
-    raise DeployError(
-        f"The container's user (uid {CONTAINER_UID}) cannot read {settings.path}, and prodai will not run "
-        "the server as root to get around it",
-        hint=f"chmod o+x {config_dir} && chmod o+r {settings.path}",
-    )
+    # Private (0600) files stay private: run as their owner, or for root's give them the container's group.
+    return mounts, environment, secrets.container_access(settings).user
 
 
 def deploy_docker(
