@@ -222,6 +222,8 @@ def test_k8s_pod_meets_the_restricted_pod_security_profile_with_no_cluster(ab_pl
     assert writable == {"/tmp"}  # HOME=/tmp in the image; the server writes nowhere else
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tmp"]["emptyDir"]["sizeLimit"] == k8s.TMP_SIZE
+    assert volumes["keys"]["secret"]["defaultMode"] == 0o440  # key hashes: owner and fsGroup only
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]  # ...which is the server's
     assert {v["name"] for v in pod["volumes"]} == {"config", "keys", "tmp"}
     assert pod["securityContext"]["runAsUser"] != 0
 
