@@ -86,23 +86,23 @@ def container_access(settings: Settings) -> ContainerAccess:
         return ContainerAccess(None)
     directory = settings.path.parent
     owner = settings.path.stat()
-    changed: list[Path] = []
-    if owner.st_uid == 0:
-        for path in secret_files(settings):
-            if not path.exists():
-                # A keys file named but not written yet: `keys create` after the deploy would make it 0600
-                # root:root, out of the server's reach; made now, its group and mode are kept from here on.
-                from prodai_cli.config import write_atomic
-
-                write_atomic(path, EMPTY_KEYS_FILE)
-                changed.append(path)
+    missing = [path for path in secret_files(settings) if not path.exists()]
     files = [path for path in secret_files(settings) if path.exists()]
-    if _container_reads(directory, files):
-        return ContainerAccess(None, changed)
+    if not missing and _container_reads(directory, files):
+        return ContainerAccess(None)
     if owner.st_uid != 0:
-        # The owner can read their own files: run as them (still not root).
+        # The owner can read their own files, and one `keys create` makes later: run as them (still not root).
         return ContainerAccess(f"{owner.st_uid}:{owner.st_gid}")
     _refuse_shared_group(settings.path)
+    changed: list[Path] = []
+    for path in missing:
+        # A keys file named but not written yet: `keys create` after the deploy would make it 0600 root:root,
+        # out of the server's reach; made now (empty), its group and mode below are kept from here on.
+        from prodai_cli.config import write_atomic
+
+        write_atomic(path, EMPTY_KEYS_FILE)
+        files.append(path)
+        changed.append(path)
     if not readable(directory.stat(), CONTAINER_UID, CONTAINER_GID, bit="x"):
         info = directory.stat()
         os.chown(directory, -1, CONTAINER_GID)

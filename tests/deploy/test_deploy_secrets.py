@@ -5,6 +5,7 @@ The end-to-end proof (a deployed container reading them) is tests/deploy/test_de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -100,3 +101,27 @@ def test_a_private_keys_file_beside_a_readable_config_runs_the_container_as_its_
     _mounts, _environment, user = docker.config_mounts(load_settings(project / "prodai.yaml"))
     assert user == f"{owner.st_uid}:{owner.st_gid}"
     assert _mode(project / "keys.yaml") == 0o600
+
+
+def test_root_refuses_to_share_secrets_with_a_host_group_that_has_members(tmp_path: Path) -> None:
+    import grp
+    import shutil
+    import subprocess
+
+    from prodai_cli.errors import DeployError
+
+    if os.geteuid() != 0 or shutil.which("groupadd") is None:
+        pytest.skip("needs root and groupadd: it creates a host group with gid 10001")
+    with contextlib.suppress(KeyError):
+        pytest.skip(f"gid {CONTAINER_UID} exists on this host already ({grp.getgrgid(CONTAINER_UID).gr_name})")
+    project = _private_project(tmp_path, "serving:\n  port: 9000\nauth:\n  keys_file: keys.yaml\n")
+    name = f"prodai-g{os.getpid()}"
+    subprocess.run(["groupadd", "-g", str(CONTAINER_UID), "-U", "root", name], check=True, capture_output=True)
+    try:
+        with pytest.raises(DeployError, match=f"{name} \\(gid {CONTAINER_UID}\\) has members \\(root\\)"):
+            secrets.container_access(load_settings(project / "prodai.yaml"))
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+    # Nothing was opened up on the way to the refusal.
+    assert _mode(project / "prodai.yaml") == 0o600 and (project / "prodai.yaml").stat().st_gid == 0
+    assert _mode(project) == 0o700 and not (project / "keys.yaml").exists()
