@@ -17,7 +17,9 @@ def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see the old file or the new one, never a mix.
 
     Writes a temp file in the same directory, fsyncs it, ``os.replace`` s it over the target and fsyncs
-    the directory, keeping the original file's permissions.
+    the directory, keeping the original file's mode, owner and group (a new file is 0600). Keeping the group
+    matters: ``prodai deploy`` gives root's private config the container's group (deploy/secrets.py), and an
+    ``ab-set`` or ``keys create`` after it must not take the running server's access away.
     """
     path = Path(path)
     directory = path.parent
@@ -29,7 +31,7 @@ def write_atomic(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            _keep_ownership(tmp, path.stat())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -40,6 +42,19 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _keep_ownership(tmp: str, original: os.stat_result) -> None:
+    """Give the temp file the original's owner, group and mode (before the replace makes it the file)."""
+    mode = original.st_mode & 0o7777
+    current = os.stat(tmp)
+    if (current.st_uid, current.st_gid) != (original.st_uid, original.st_gid) and hasattr(os, "chown"):
+        try:
+            os.chown(tmp, original.st_uid, original.st_gid)  # root keeps any owner; a user, a group they are in
+        except PermissionError:
+            # The file becomes the writer's, in their own group: that group gets no more than others had.
+            mode &= ~0o070 | ((mode & 0o007) << 3)
+    os.chmod(tmp, mode)  # after chown, which clears setuid/setgid bits
 
 
 @contextlib.contextmanager

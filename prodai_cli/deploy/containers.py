@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prodai_cli.deploy import readiness
 from prodai_cli.errors import DeployError
@@ -98,9 +98,11 @@ def build_image(
 
     tail: list[str] = []
     image_id: str | None = None
+    context_tar = _context_tar(context)
     try:
         stream = client.api.build(
-            path=str(context),
+            fileobj=context_tar,
+            custom_context=True,
             tag=tag,
             rm=True,
             forcerm=True,
@@ -126,8 +128,34 @@ def build_image(
                     progress(line)
     except APIError as exc:
         raise DeployError(f"Building {tag} failed: {_first_line(exc)}") from None
+    finally:
+        context_tar.close()
     image = client.images.get(image_id or tag)
     return BuiltImage(id=image.id, tag=tag, size_bytes=int(image.attrs.get("Size") or 0), labels=image.labels or {})
+
+
+def _context_tar(context: Path) -> IO[bytes]:
+    """The build context as a tar whose files belong to 0:0, whoever made them.
+
+    The engine's layer cache keys a COPY on each file's uid and gid as well as its bytes: a context written by
+    another user (a non-root deploy) would otherwise rebuild the runtime layers, minutes of pip install. COPY
+    makes the image's files root's either way.
+    """
+    import tarfile
+    import tempfile
+
+    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    # A context holds the wheelhouse (hundreds of MB): on disk, not in memory. The caller closes it.
+    handle = tempfile.TemporaryFile()  # noqa: SIM115
+    with tarfile.open(fileobj=handle, mode="w") as archive:
+        for entry in sorted(context.iterdir()):
+            archive.add(str(entry), arcname=entry.name, filter=as_root)
+    handle.seek(0)
+    return handle
 
 
 def image_info(client: Any, ref: str) -> BuiltImage | None:

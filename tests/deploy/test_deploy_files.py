@@ -24,7 +24,7 @@ from prodai_cli.deploy.targets import compose as compose_target
 from prodai_cli.deploy.targets import docker, k8s
 from prodai_cli.deploy.templates import render, template_names
 from prodai_cli.deploy.wheelhouse import build_prodai_wheel, missing_requirements, torch_requirement
-from prodai_cli.errors import DeployError, UsageError
+from prodai_cli.errors import UsageError
 
 K8S_VERSION = "1.30.0"
 AB_CONFIG = """\
@@ -109,7 +109,14 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> 
         document = yaml.safe_load(text)
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
         kinds.append(document["kind"])
-    assert sorted(kinds) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Secret", "Service"]
+    assert sorted(kinds) == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
     deployment = yaml.safe_load(manifests["deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
@@ -136,6 +143,159 @@ def test_k8s_schema_validation_rejects_a_broken_manifest(ab_plan: Any) -> None:
     document["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+# The Pod Security Standards' "restricted" profile as the Kubernetes docs state it (v1.30), applied to a pod
+# template: the baseline controls prodai could break, plus restricted's own. No cluster (and so no admission
+# controller) is reachable from the tests, hence this literal reading of the rules.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What keeps ``pod`` (a PodSpec) out of the Pod Security "restricted" profile; empty when it fits."""
+    problems: list[str] = []
+    pod_context = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{flag} is set")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']} is of type {sorted(kinds - RESTRICTED_VOLUME_TYPES)}")
+    if pod_context.get("runAsUser") == 0:
+        problems.append("the pod runs as uid 0")
+    containers = [*(pod.get("initContainers") or []), *pod["containers"]]
+    for container in containers:
+        name = container["name"]
+        context = container.get("securityContext") or {}
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if any(port.get("hostPort") for port in container.get("ports") or []):
+            problems.append(f"{name}: hostPort")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser") == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp!r}, not RuntimeDefault or Localhost")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+    return problems
+
+
+def _pod(plan: Any) -> dict[str, Any]:
+    deployment = yaml.safe_load(k8s.k8s_manifests(plan, image="img:1")["deployment.yaml"])
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def _drop(document: dict[str, Any], path: str) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        document = document[int(part)] if part.isdigit() else document[part]  # type: ignore[index]
+    assert last in document, path  # the field is rendered: removing it is a real change
+    del document[last]
+
+
+def test_k8s_pod_meets_the_restricted_pod_security_profile_with_no_cluster(ab_plan: Any) -> None:
+    pod = _pod(ab_plan)
+    assert restricted_violations(pod) == []
+    # Beyond the profile: no API token in the pod, nothing written outside the bounded /tmp emptyDir.
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp"}  # HOME=/tmp in the image; the server writes nowhere else
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == k8s.TMP_SIZE
+    assert volumes["keys"]["secret"]["defaultMode"] == 0o440  # key hashes: owner and fsGroup only
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]  # ...which is the server's
+    assert {v["name"] for v in pod["volumes"]} == {"config", "keys", "tmp"}
+    assert pod["securityContext"]["runAsUser"] != 0
+
+
+@pytest.mark.parametrize(
+    ("removed", "complaint"),
+    [
+        ("securityContext.seccompProfile", "seccompProfile"),
+        ("containers.0.securityContext.allowPrivilegeEscalation", "allowPrivilegeEscalation"),
+        ("containers.0.securityContext.capabilities", "drop ALL"),
+    ],
+)
+def test_restricted_profile_check_catches_a_removed_field(ab_plan: Any, removed: str, complaint: str) -> None:
+    pod = _pod(ab_plan)
+    # The container repeats seccompProfile and runAsNonRoot (either level satisfies the profile): drop both.
+    if removed == "securityContext.seccompProfile":
+        _drop(pod, "containers.0.securityContext.seccompProfile")
+    _drop(pod, removed)
+    assert any(complaint in problem for problem in restricted_violations(pod)), restricted_violations(pod)
+
+
+def test_restricted_profile_check_catches_root_and_a_host_path(ab_plan: Any) -> None:
+    pod = _pod(ab_plan)
+    _drop(pod, "securityContext.runAsNonRoot")
+    _drop(pod, "containers.0.securityContext.runAsNonRoot")
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    problems = restricted_violations(pod)
+    assert any("runAsNonRoot" in p for p in problems) and any("hostPath" in p for p in problems)
+
+
+def test_k8s_rollout_keeps_ready_pods_behind_the_service_with_no_cluster(registered_copy: Path) -> None:
+    import kubernetes_validate
+
+    from prodai_cli.serving.routes import HEALTH_ROUTES
+
+    (registered_copy / "prodai.yaml").write_text(
+        "serving:\n  model: emb\n  drain_delay_s: 7.5\n  grace_period_s: 20\n"
+        "deploy:\n  replicas: 3\n  readiness_timeout_s: 300\n"
+    )
+    plan = plan_deployment(load_settings(registered_copy / "prodai.yaml"))
+    manifests = k8s.k8s_manifests(plan, image="img:1")
+    deployment = yaml.safe_load(manifests["deployment.yaml"])
+    pdb = yaml.safe_load(manifests["pdb.yaml"])
+    service = yaml.safe_load(manifests["service.yaml"])
+    kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+    # A rolling update adds a ready pod before it removes one: never fewer ready pods than replicas.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # The Service and the PDB select exactly this Deployment's pods; the Service routes to the named port.
+    for selector in (service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= pod_labels.items()
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"] == "http"
+    # Probes hit routes the server has: readiness gates the Service, liveness restarts a hung process.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] in HEALTH_ROUTES
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    # The kubelet waits for the drain (7.5 s of 503 on /health/ready) and the grace period (20 s) and more.
+    assert pod["terminationGracePeriodSeconds"] == 28 + k8s.TERMINATION_MARGIN_S
+    # A drain evicts one pod of three at a time, and never the last of one.
+    assert pdb["spec"]["minAvailable"] == 2
+    assert [k8s.min_available(n) for n in (1, 2, 3, 5)] == [1, 1, 2, 4]
 
 
 def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path) -> None:
@@ -232,7 +392,7 @@ def test_k8s_target_writes_manifests_without_an_engine(registered_copy: Path) ->
     assert isinstance(data, dict)
     assert data["target"] == "k8s" and data["image"] == "prodai-emb:1" and data["started"] is False
     written = sorted(Path(p).name for p in data["files"])
-    assert written == ["configmap.yaml", "deployment.yaml", "hpa.yaml", "secret.yaml", "service.yaml"]
+    assert written == ["configmap.yaml", "deployment.yaml", "hpa.yaml", "pdb.yaml", "secret.yaml", "service.yaml"]
     record = records.load(load_settings(registered_copy / "prodai.yaml"), "prodai-emb")
     assert record is not None and record.status == "written" and record.version == 1
 
@@ -246,15 +406,12 @@ def test_bad_tag_and_unknown_deployment_are_clear_errors(registered_copy: Path) 
     assert result.exit_code == 1 and "No deployment named 'nope'" in result.stderr
 
 
-def test_config_mounts_refuse_to_run_as_root_to_read_a_private_config(tmp_path: Path) -> None:
+def test_config_mounts_mount_the_live_config_directory(tmp_path: Path) -> None:
+    # Private (0600) configs: tests/deploy/test_deploy_secrets.py.
     project = tmp_path / "proj"
     project.mkdir(mode=0o700)
     (project / "prodai.yaml").write_text("serving:\n  port: 9000\n")
-    (project / "prodai.yaml").chmod(0o600)
     settings = load_settings(project / "prodai.yaml")
-    if (project / "prodai.yaml").stat().st_uid == 0:
-        with pytest.raises(DeployError, match="cannot read"):
-            docker.config_mounts(settings)
     project.chmod(0o755)
     (project / "prodai.yaml").chmod(0o644)
     mounts, environment, user = docker.config_mounts(settings)

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
-import stat
 import time
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.deploy import balancer, readiness, records
+from prodai_cli.deploy import balancer, readiness, records, secrets
 from prodai_cli.deploy import containers as engine
 from prodai_cli.deploy.outcome import DeployResult, Progress, display_host, record_or_error
-from prodai_cli.deploy.plan import CONTAINER_PORT, CONTAINER_UID, DeployPlan
+from prodai_cli.deploy.plan import CONTAINER_PORT, DeployPlan
 from prodai_cli.deploy.records import DeploymentRecord
 from prodai_cli.errors import DeployError
 
@@ -60,7 +59,7 @@ def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, s
         (mounts, environment, user): user is None when the image's own non-root user can read the config.
 
     Raises:
-        DeployError: Only root could read the config; the hint says how to open it up.
+        DeployError: Only root could read the config, and gid 10001 has members on this host (deploy/secrets.py).
 
     """
     if settings.path is None:
@@ -72,18 +71,8 @@ def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, s
         {"type": "volume", "source": None, "target": "/app/.prodai", "read_only": False},
     ]
     environment = {"PRODAI_CONFIG": f"/app/{settings.path.name}"}
-    dir_mode = config_dir.stat().st_mode
-    file_stat = settings.path.stat()
-    if dir_mode & stat.S_IXOTH and file_stat.st_mode & stat.S_IROTH:
-        return mounts, environment, None
-    if file_stat.st_uid != 0:
-        # The file's owner can read it; run as that user (still not root).
-        return mounts, environment, f"{file_stat.st_uid}:{file_stat.st_gid}"
-    raise DeployError(
-        f"The container's user (uid {CONTAINER_UID}) cannot read {settings.path}, and prodai will not run "
-        "the server as root to get around it",
-        hint=f"chmod o+x {config_dir} && chmod o+r {settings.path}",
-    )
+    # Private (0600) files stay private: run as their owner, or for root's give them the container's group.
+    return mounts, environment, secrets.container_access(settings).user
 
 
 ROLE_SERVER = "server"
@@ -270,7 +259,7 @@ def _placed(settings: Settings, spec: engine.RunSpec, name: str, network: str, s
     return engine.RunSpec.from_dict(
         {
             **spec.to_dict(),
-            "name": f"{name}-{secrets.token_hex(3)}",
+            "name": f"{name}-{token_hex(3)}",
             "host": "127.0.0.1",
             "port": None,
             "environment": environment,
@@ -369,7 +358,7 @@ def _probe(settings: Settings, client: Any, container_id: str, url: str, expecte
             return
         from prodai_cli.keys import create_key
 
-        created_name = f"prodai-deploy-probe-{secrets.token_hex(4)}"
+        created_name = f"prodai-deploy-probe-{token_hex(4)}"
         try:
             headers[auth.header] = create_key(settings, created_name, ["predict"], expires_days=1).key
         except ProdaiError:

@@ -1,7 +1,13 @@
-"""The k8s target: manifests (Deployment, Service, HPA, ConfigMap, Secret), applied when kubectl has a context."""
+"""The k8s target: manifests (Deployment, Service, HPA, PDB, ConfigMap, Secret), applied when kubectl has a context.
+
+The cluster plays the balancer's part: the Service routes to ready pods only, the Deployment's rolling update
+adds a ready pod before it retires one (``maxUnavailable: 0``), and the PodDisruptionBudget keeps a drain from
+evicting the last replica. Pods meet the Pod Security "restricted" profile.
+"""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +24,31 @@ if TYPE_CHECKING:
     from prodai_cli.config import Settings
 
 
+# Seconds the pod gets past drain delay and grace period before the kubelet kills it (the process's own exit).
+TERMINATION_MARGIN_S = 5
+STARTUP_PROBE_PERIOD_S = 5
+# The /tmp emptyDir (HOME and Prometheus' multiprocess files live there): bounded so a runaway writer is evicted
+# instead of filling the node's disk.
+TMP_SIZE = "512Mi"
+
+
+def termination_grace_s(settings: Settings) -> int:
+    """terminationGracePeriodSeconds: the server's drain delay plus its grace period, plus a margin."""
+    serving = settings.config.serving
+    return math.ceil(serving.drain_delay_s + serving.grace_period_s) + TERMINATION_MARGIN_S
+
+
+def min_available(replicas: int) -> int:
+    """The PodDisruptionBudget's minAvailable: one pod at a time may go, never the last one.
+
+    With one replica this blocks voluntary evictions (a node drain waits) until a second pod runs: the price
+    of never going dark; run ``deploy.replicas: 2`` or more to let drains proceed.
+    """
+    return max(1, replicas - 1)
+
+
 def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
-    """The Kubernetes manifests by file name: Deployment, Service, HPA, ConfigMap, Secret."""
+    """The Kubernetes manifests by file name: Deployment, Service, HPA, PDB, ConfigMap, Secret."""
     deploy_config = plan.settings.config.deploy
     labels = {
         "app.kubernetes.io/name": "prodai",
@@ -30,7 +59,6 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
     }
     common = {"name": plan.name, "namespace": deploy_config.namespace, "labels": labels}
     config_text = plan.config_text(keys_file=K8S_KEYS_FILE)
-    grace = plan.settings.config.serving.grace_period_s
     return {
         "deployment.yaml": render(
             "k8s/deployment.yaml.j2",
@@ -44,9 +72,13 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
             cpu=deploy_config.cpu,
             memory=deploy_config.memory,
             gpu=plan.gpu,
-            termination_grace_s=int(grace) + 5,
+            termination_grace_s=termination_grace_s(plan.settings),
+            startup_period_s=STARTUP_PROBE_PERIOD_S,
+            startup_failures=math.ceil(deploy_config.readiness_timeout_s / STARTUP_PROBE_PERIOD_S),
+            tmp_size=TMP_SIZE,
         ),
         "service.yaml": render("k8s/service.yaml.j2", **common),
+        "pdb.yaml": render("k8s/pdb.yaml.j2", **common, min_available=min_available(deploy_config.replicas)),
         "hpa.yaml": render(
             "k8s/hpa.yaml.j2",
             **common,
@@ -95,6 +127,11 @@ def deploy_k8s(
         steps.append(f"kubectl -n {settings.config.deploy.namespace} rollout status deployment/{plan.name}")
     else:
         steps.append(f"Push {plan.tag} to a registry your cluster pulls from, then: kubectl apply -f {directory}")
+    if settings.config.deploy.replicas == 1:
+        steps.append(
+            "One replica: its PodDisruptionBudget makes a node drain wait until a second pod runs "
+            "(set deploy.replicas: 2 to let drains proceed)"
+        )
     namespace = settings.config.deploy.namespace
     url = f"http://{plan.name}.{namespace}.svc.cluster.local"
     record = files_record(plan, image, "k8s", url, directory)
