@@ -17,7 +17,7 @@ those entries keep answering until they expire while everything else bypasses.
 
 Call pattern in an async request path::
 
-    cache = ResponseCache.from_config(settings.config)        # once, at start-up
+    cache = ResponseCache(config.cache, config.redis_url)    # once, at start-up
     key = cache_key(model_name, resolved_version, {"text": text}, params)
     result = await cache.get_or_compute(key, lambda: predict(text))
     response.headers["X-Cache"] = result.status              # HIT, MISS or BYPASS
@@ -44,7 +44,7 @@ from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard
 
 if TYPE_CHECKING:
-    from prodai_cli.config import CacheConfig, ProdaiConfig
+    from prodai_cli.config import CacheConfig
 
 V = TypeVar("V")
 CacheStatus = Literal["HIT", "MISS", "BYPASS"]
@@ -219,11 +219,6 @@ class ResponseCache:
                 self.local = MemoryBackend(config.max_entries, min(config.local_ttl_s, float(config.ttl_seconds)))
         else:
             self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
-
-    @classmethod
-    def from_config(cls, config: ProdaiConfig, *, background_stores: bool = False) -> ResponseCache:
-        """The cache the config describes (its ``cache`` section and top-level ``redis_url``)."""
-        return cls(config.cache, config.redis_url, background_stores=background_stores)
 
     @property
     def errors(self) -> int:

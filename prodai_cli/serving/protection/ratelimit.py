@@ -16,7 +16,7 @@ up to N times the limit: fail-open, never fail-closed.
 
 Call pattern in an async request path (see :class:`RateLimiter`)::
 
-    limiter = RateLimiter.from_config(settings.config)        # once, at start-up
+    limiter = RateLimiter(config.rate_limit, config.redis_url)  # once, at start-up
     ip = limiter.client_ip(request.client.host, request.headers.get("x-forwarded-for"))
     blocked = await limiter.auth_blocked(ip)                   # before verifying a key
     if not blocked.allowed: -> 429 with blocked.headers()
@@ -43,7 +43,7 @@ from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard, Script
 
 if TYPE_CHECKING:
-    from prodai_cli.config import LimitRule, ProdaiConfig, RateLimitConfig
+    from prodai_cli.config import LimitRule, RateLimitConfig
     from prodai_cli.serving.protection.redis_client import PipelinedRedis
 
 RuleName = Literal["per_key", "per_ip", "auth_failures"]
@@ -299,11 +299,6 @@ class RateLimiter:
             self.redis = RedisGuard(
                 redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="rate limiter"
             )
-
-    @classmethod
-    def from_config(cls, config: ProdaiConfig) -> RateLimiter:
-        """The limiter the config describes (its ``rate_limit`` section and top-level ``redis_url``)."""
-        return cls(config.rate_limit, config.redis_url)
 
     @property
     def errors(self) -> int:
