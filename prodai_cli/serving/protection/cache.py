@@ -40,7 +40,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard
 
 if TYPE_CHECKING:
@@ -207,13 +206,8 @@ class ResponseCache:
         self.local: MemoryBackend | None = None
         self.local_hits = 0
         if config.backend == "redis":
-            if not redis_url:
-                raise ConfigError(
-                    "cache.backend is redis but redis_url is empty",
-                    hint="Set redis_url (or PRODAI_REDIS_URL), or cache.backend: memory",
-                )
-            self.redis = RedisGuard(
-                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
+            self.redis = RedisGuard.for_section(
+                "cache", redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
             )
             if config.local_ttl_s > 0:
                 self.local = MemoryBackend(config.max_entries, min(config.local_ttl_s, float(config.ttl_seconds)))

@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard, Script
 
 if TYPE_CHECKING:
@@ -291,13 +290,12 @@ class RateLimiter:
         self.fallbacks = 0
         self.redis: RedisGuard | None = None
         if config.backend == "redis":
-            if not redis_url:
-                raise ConfigError(
-                    "rate_limit.backend is redis but redis_url is empty",
-                    hint="Set redis_url (or PRODAI_REDIS_URL), or rate_limit.backend: memory",
-                )
-            self.redis = RedisGuard(
-                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="rate limiter"
+            self.redis = RedisGuard.for_section(
+                "rate_limit",
+                redis_url,
+                timeout_s=config.redis_timeout_s,
+                retry_s=config.redis_retry_s,
+                name="rate limiter",
             )
 
     @property
