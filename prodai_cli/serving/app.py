@@ -103,7 +103,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
 
     from prodai_cli import __version__
     from prodai_cli.serving import routes
-    from prodai_cli.serving.ab.reload import ABReload, ConfigReloader, install_sighup
+    from prodai_cli.serving.ab.reload import ABReload, ConfigReloader, install_sighup, resolve_router
     from prodai_cli.serving.errors import InvalidRequest, ServingError
     from prodai_cli.serving.faults import FaultInjectingPool, fault_plan_from_env
     from prodai_cli.serving.metrics import ServerMetrics
@@ -142,7 +142,6 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     router: Router
     if ab_mode:
         from prodai_cli.serving.ab.breaker import Breakers
-        from prodai_cli.serving.ab.reload import resolve_router
         from prodai_cli.serving.ab.routing import ABMetrics, ABRouting, Resilience
 
         routing = ABRouting(pool, resolve_router(settings, config))
@@ -190,7 +189,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         def set_model_keys(keys: list[str]) -> None:
             state.model_keys = keys
 
-        ab_reload = ABReload(settings, routing, pool, resilience.breakers, set_model_keys)
+        resolve = functools.partial(resolve_router, settings)
+        ab_reload = ABReload(resolve, routing, pool, resilience.breakers, set_model_keys)
     apply = ab_reload if ab_reload is not None else _pinned_apply(model, config.ab)
     reloader = ConfigReloader(settings.path, config, metrics, apply)
     state.reloader = reloader

@@ -139,7 +139,8 @@ class ABReload:
     """Applies a new config's ``ab:`` section to a running A/B-mode server (step 2 and 3 of the module doc).
 
     Args:
-        settings: The start-up settings (file path and root; registry access).
+        resolve: Builds the router a new config asks for (blocking; :func:`resolve_router` bound to the
+            start-up settings, which say where the registry is).
         routing: The live router holder.
         pool: The model pool.
         breakers: The per-version breakers.
@@ -149,7 +150,7 @@ class ABReload:
 
     def __init__(
         self,
-        settings: Settings,
+        resolve: Callable[[ProdaiConfig], ABRouter],
         routing: ABRouting,
         pool: ModelPool,
         breakers: Breakers,
@@ -157,7 +158,7 @@ class ABReload:
         *,
         retire_delay_s: float = RETIRE_DELAY_S,
     ) -> None:
-        self.settings = settings
+        self.resolve = resolve
         self.routing = routing
         self.pool = pool
         self.breakers = breakers
@@ -176,7 +177,7 @@ class ABReload:
         """
         changed: list[str] = []
         try:
-            router = await asyncio.to_thread(resolve_router, self.settings, config)
+            router = await asyncio.to_thread(self.resolve, config)
         except ValueError as exc:
             raise ConfigError(f"ab: {exc}") from None
         current = self.routing.current
