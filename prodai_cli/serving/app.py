@@ -124,7 +124,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         if faults is None
         else FaultInjectingPool(settings, serving, metrics, faults)
     )
-    keys = (
+    # API keys are read from the config file (or the keys file it names) and re-read when either changes.
+    key_store = (
         KeyStore.from_files(config.auth, config_path=settings.path, root=settings.root) if config.auth.enabled else None
     )
     protection = Protection(
@@ -132,7 +133,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         config.rate_limit,
         config.cache,
         config.filters,
-        keys=keys,
+        keys=key_store,
         redis_url=config.redis_url,
         max_text_chars=serving.max_text_chars,
         metrics=metrics,
