@@ -105,7 +105,7 @@ async def timed(n: int, step: Callable[[int], Awaitable[Any]]) -> list[float]:
 async def measure(backend: str, redis_url: str | None, project: Path, n: int) -> dict[str, float]:
     settings = load_settings(project / "prodai.yaml")
     key = create_key(settings, f"bench-{backend}").key
-    keys = KeyStore.from_settings(load_settings(project / "prodai.yaml"))
+    keys = KeyStore.from_files(settings.config.auth, config_path=settings.path, root=settings.root)
     high = LimitRule(rate=10_000_000, period_s=1, burst=0)  # measure the cost, never the refusal
     limiter = RateLimiter(
         RateLimitConfig(backend=backend, per_key=high, per_ip=high, redis_timeout_s=1),

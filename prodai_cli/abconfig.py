@@ -20,7 +20,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.config import AB_ALIAS_PATTERN, AB_VARIANT_NAME_PATTERN, AB_WEIGHT_TOLERANCE, CONFIG_FILENAME
+from prodai_cli.config import (
+    AB_ALIAS_PATTERN,
+    AB_VARIANT_NAME_PATTERN,
+    AB_VERSION_PATTERN,
+    AB_WEIGHT_TOLERANCE,
+    CONFIG_FILENAME,
+)
 from prodai_cli.errors import ModelNotFoundError, ProdaiError, UsageError
 from prodai_cli.refs import parse_model_ref
 from prodai_cli.serving.ab.router import REQUESTS_METRIC
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
     from prodai_cli.config import ProdaiConfig, Settings
 
 _USAGE_HINT = "Write NAME=WEIGHT per variant, e.g. `prodai ab-set v1=0.8 v2=0.2` or `production=80% staging=20%`"
-_VERSION_NAME = re.compile(r"[vV]?([0-9]+)")
+_VERSION_NAME = re.compile(AB_VERSION_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,12 @@ class ProdaiError(Exception):
         return self.message
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a foreign exception's message (its type name when empty), for a one-line error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class UsageError(ProdaiError):
     """Bad command-line arguments or options."""
 

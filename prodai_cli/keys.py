@@ -27,6 +27,7 @@ from prodai_cli.config import (
     API_KEY_NAME_PATTERN,
     CONFIG_FILENAME,
     ApiKeyRecord,
+    AuthConfig,
     Scope,
     Settings,
     check_yaml,
@@ -34,6 +35,7 @@ from prodai_cli.config import (
     edit_yaml,
     parse_config_text,
     read_bounded,
+    resolve_under,
 )
 from prodai_cli.errors import ConfigError, ProdaiError, UsageError
 
@@ -186,10 +188,17 @@ def read_keys_file(path: Path, *, strict: bool = False) -> list[ApiKeyRecord]:
 
 
 def load_key_snapshot(settings: Settings, *, reload: bool = False) -> KeySnapshot:
-    """Re-read the keys from disk as the settings describe (the config file is re-read too).
+    """Re-read the keys from disk as the settings describe (see :func:`read_key_snapshot`)."""
+    return read_key_snapshot(settings.config.auth, config_path=settings.path, root=settings.root, reload=reload)
+
+
+def read_key_snapshot(auth: AuthConfig, *, config_path: Path | None, root: Path, reload: bool = False) -> KeySnapshot:
+    """Re-read the keys from disk: the config file (re-read too) and the keys file it names.
 
     Args:
-        settings: Where the config (and through it the keys file) is.
+        auth: The ``auth`` section as loaded; used as it is when there is no config file.
+        config_path: The config file to re-read (its ``auth`` section wins), or None for embedded defaults.
+        root: The config's directory (``auth.keys_file`` is relative to it).
         reload: A running server re-reading: an empty or comment-only file, or a ``keys_file`` that does not
             exist, is refused (the caller keeps its last good keys) instead of meaning "no keys": the rule
             the A/B reload follows for the same file.
@@ -198,17 +207,16 @@ def load_key_snapshot(settings: Settings, *, reload: bool = False) -> KeySnapsho
         ConfigError: The config or the keys file is invalid (or, with ``reload``, empty or missing).
 
     """
-    config = settings.config
     sources: list[Path] = []
-    if settings.path is not None:
-        sources.append(settings.path)
-        text = read_bounded(settings.path, "Config file")
-        config = parse_config_text(text, source=settings.path.name, env=True, empty_ok=not reload)
-    if config.auth.keys_file:
-        path = settings.resolve_path(config.auth.keys_file)
+    if config_path is not None:
+        sources.append(config_path)
+        text = read_bounded(config_path, "Config file")
+        auth = parse_config_text(text, source=config_path.name, env=True, empty_ok=not reload).auth
+    if auth.keys_file:
+        path = resolve_under(root, auth.keys_file)
         sources.append(path)
         return KeySnapshot(tuple(read_keys_file(path, strict=reload)), tuple(sources))
-    return KeySnapshot(tuple(config.auth.keys), tuple(sources))
+    return KeySnapshot(tuple(auth.keys), tuple(sources))
 
 
 def list_keys(settings: Settings, now: datetime | None = None) -> list[KeyInfo]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from prodai_cli.errors import InvalidModelError, ModelNotFoundError, RegistryError, UsageError
+from prodai_cli.errors import InvalidModelError, ModelNotFoundError, RegistryError, UsageError, first_line
 from prodai_cli.refs import ModelRef, parse_model_ref
 
 if TYPE_CHECKING:
@@ -173,14 +173,14 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as exc:  # transformers raises many types for a bad tokenizer
-        raise InvalidModelError(f"{model_dir}: cannot load a tokenizer: {_first_line(exc)}") from None
+        raise InvalidModelError(f"{model_dir}: cannot load a tokenizer: {first_line(exc)}") from None
     try:
         auto = (
             transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
         )
         model = auto.from_pretrained(str(model_dir))
     except Exception as exc:
-        raise InvalidModelError(f"{model_dir}: cannot load the model: {_first_line(exc)}") from None
+        raise InvalidModelError(f"{model_dir}: cannot load the model: {first_line(exc)}") from None
     pipeline = transformers.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tokenizer)
     _check_forward_pass(model_dir, pipeline, task)
     return pipeline
@@ -198,7 +198,7 @@ def _check_forward_pass(model_dir: Path, pipeline: Any, task: str) -> None:
     try:
         output = pipeline(SAMPLE_TEXT)
     except Exception as exc:
-        raise InvalidModelError(f"{model_dir}: a forward pass on a sample text failed: {_first_line(exc)}") from None
+        raise InvalidModelError(f"{model_dir}: a forward pass on a sample text failed: {first_line(exc)}") from None
     numbers: list[float] = []
 
     def collect(value: Any) -> None:
@@ -218,11 +218,6 @@ def _check_forward_pass(model_dir: Path, pipeline: Any, task: str) -> None:
             f"{model_dir}: a forward pass on a sample text returned NaN or infinite values",
             hint="The weights are corrupt or were saved in a precision this model overflows in",
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class Registry:
@@ -268,8 +263,8 @@ class Registry:
         except MlflowException as exc:
             code = getattr(exc, "error_code", "")
             if code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
-                raise ModelNotFoundError(f"{what}: {_first_line(exc)}") from None
-            raise RegistryError(f"{what} failed on {self._display_uri}: {_first_line(exc)}") from None
+                raise ModelNotFoundError(f"{what}: {first_line(exc)}") from None
+            raise RegistryError(f"{what} failed on {self._display_uri}: {first_line(exc)}") from None
         except OSError as exc:
             raise RegistryError(f"{what}: cannot reach the registry at {self._display_uri}: {exc}") from None
 
@@ -504,7 +499,7 @@ class Registry:
         return ResolvedModel(info=ModelVersionInfo(**data), path=target)
 
     def _cache_dir(self, name: str, version: int) -> Path:
-        return self.settings.state_dir / "models" / _safe(name) / str(version)
+        return self.settings.state_dir / "models" / path_safe(name) / str(version)
 
     def _aliases_by_version(self, name: str, model: Any = None) -> dict[int, list[str]]:
         # search_model_versions leaves aliases empty on some stores; the registered model has them all.
@@ -641,9 +636,9 @@ def validate_alias(alias: str) -> None:
     """
     import re
 
-    from prodai_cli.config import AB_ALIAS_PATTERN
+    from prodai_cli.config import AB_ALIAS_PATTERN, AB_VERSION_PATTERN
 
-    if not re.fullmatch(AB_ALIAS_PATTERN, alias) or re.fullmatch(r"[vV][0-9]+", alias):
+    if not re.fullmatch(AB_ALIAS_PATTERN, alias) or re.fullmatch(AB_VERSION_PATTERN, alias):
         raise UsageError(
             f"Invalid alias {alias!r}",
             hint="Aliases start with a letter or '_', hold letters, digits, '_' or '-', and may not look like v1",
@@ -654,5 +649,6 @@ def _quote(name: str) -> str:
     return name.replace("'", "\\'")
 
 
-def _safe(name: str) -> str:
+def path_safe(name: str) -> str:
+    """``name`` (a model name) as one path component: anything but letters, digits, ``-_.`` becomes ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings
+from prodai_cli.commands._common import JsonOption, console
+from prodai_cli.commands._common import settings as project_settings
 
 if TYPE_CHECKING:
     from prodai_cli.batch import BatchSummary
+    from prodai_cli.config import Settings
     from prodai_cli.console import Console
 
 
@@ -51,9 +53,9 @@ def command(
     from prodai_cli.errors import UsageError
 
     out = console(ctx, json_flag)
-    config = settings(ctx)
-    defaults = config.config.batch
-    model = model or config.config.registry.default_model
+    settings = project_settings(ctx)
+    defaults = settings.config.batch
+    model = model or settings.config.registry.default_model
     if not model:
         raise UsageError("No model given", hint="Pass --model NAME@ALIAS or set registry.default_model")
     job = BatchJob(
@@ -79,14 +81,14 @@ def command(
         ),
     )
     try:
-        summary = _run_with_progress(out, job, config)
+        summary = _run_with_progress(out, job, settings)
     except ErrorRateExceededError as exc:
         _render(out, exc.summary)
         raise
     _render(out, summary)
 
 
-def _run_with_progress(out: Console, job: Any, config: Any) -> BatchSummary:
+def _run_with_progress(out: Console, job: Any, settings: Settings) -> BatchSummary:
     from rich.progress import TextColumn
 
     from prodai_cli.batch import ProgressUpdate, run_batch
@@ -104,7 +106,7 @@ def _run_with_progress(out: Console, job: Any, config: Any) -> BatchSummary:
         progress.update(task, description=message)
 
     with progress:
-        summary = run_batch(job, config, on_progress=on_progress, on_status=on_status)
+        summary = run_batch(job, settings, on_progress=on_progress, on_status=on_status)
         progress.update(task, description="done")
     return summary
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings, state
+from prodai_cli.commands._common import JsonOption, console, state
+from prodai_cli.commands._common import settings as project_settings
 from prodai_cli.errors import ConfigError
 
 app = typer.Typer(help="Validate and show prodai.yaml.", no_args_is_help=True)
@@ -32,7 +33,7 @@ def validate(
     out = console(ctx, json_flag)
     path = config_path if config_path is not None else state(ctx).config_path
     try:
-        loaded = load_settings(path)
+        settings = load_settings(path)
     except ConfigError as exc:
         # --json prints a verdict for an invalid file too: scripts read stdout, not the stderr message.
         located = _located(find_config_path, path)
@@ -49,8 +50,8 @@ def validate(
             }
         )
         raise
-    source = str(loaded.path) if loaded.path else "embedded defaults (no prodai.yaml)"
-    out.result({"valid": True, "path": str(loaded.path) if loaded.path else None})
+    source = str(settings.path) if settings.path else "embedded defaults (no prodai.yaml)"
+    out.result({"valid": True, "path": str(settings.path) if settings.path else None})
     out.success(f"Configuration is valid: {source}")
 
 
@@ -73,7 +74,7 @@ def show(ctx: typer.Context, json_flag: JsonOption = False) -> None:
     from prodai_cli.config import mask_secrets
 
     out = console(ctx, json_flag)
-    loaded = settings(ctx)
-    data = mask_secrets(loaded.config.model_dump(mode="json"))
-    data_with_meta = {**data, "_source": str(loaded.path) if loaded.path else None}
+    settings = project_settings(ctx)
+    data = mask_secrets(settings.config.model_dump(mode="json"))
+    data_with_meta = {**data, "_source": str(settings.path) if settings.path else None}
     out.result(data_with_meta, human=yaml.safe_dump(data, sort_keys=False).rstrip())

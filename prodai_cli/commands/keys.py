@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings
+from prodai_cli.commands._common import JsonOption, console
+from prodai_cli.commands._common import settings as project_settings
 
 if TYPE_CHECKING:
     from prodai_cli.config import Scope
@@ -44,7 +45,7 @@ def create(
 
     out = console(ctx, json_flag)
     scopes = cast("list[Scope]", [s.value for s in scope] if scope else ["predict"])
-    created = create_key(settings(ctx), name, scopes, expires)
+    created = create_key(project_settings(ctx), name, scopes, expires)
     record = created.record
     out.result(
         {
@@ -73,7 +74,7 @@ def list_keys(ctx: typer.Context, json_flag: JsonOption = False) -> None:
     from prodai_cli.keys import list_keys as stored_keys
 
     out = console(ctx, json_flag)
-    keys = stored_keys(settings(ctx))
+    keys = stored_keys(project_settings(ctx))
     if out.json_mode:
         out.result([k.to_dict() for k in keys])
         return
@@ -97,7 +98,7 @@ def revoke(
     from prodai_cli.keys import revoke_key
 
     out = console(ctx, json_flag)
-    revoked = revoke_key(settings(ctx), name)
+    revoked = revoke_key(project_settings(ctx), name)
     out.result({"name": name, "revoked": True, "already_revoked": revoked.already_revoked})
     if revoked.already_revoked:
         out.success(f"Key {name!r} was already revoked")
@@ -125,13 +126,13 @@ def delete(
     from prodai_cli.keys import delete_key, list_keys
 
     out = console(ctx, json_flag)
-    conf = settings(ctx)
-    info = next((k for k in list_keys(conf) if k.name == name), None)
+    settings = project_settings(ctx)
+    info = next((k for k in list_keys(settings) if k.name == name), None)
     if info is not None and info.status == "active" and not force:
         raise UsageError(
             f"Key {name!r} is still active",
             hint=f"Revoke it first (prodai keys revoke {name}) or pass --force",
         )
-    deleted = delete_key(conf, name)
+    deleted = delete_key(settings, name)
     out.result({"name": name, "deleted": True, "was_revoked": deleted.was_revoked})
     out.success(f"Deleted key {name!r} from {deleted.stored_in}")

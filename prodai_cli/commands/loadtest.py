@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings
+from prodai_cli.commands._common import JsonOption, console
+from prodai_cli.commands._common import settings as project_settings
 from prodai_cli.errors import ThresholdError
 
 if TYPE_CHECKING:
@@ -71,9 +72,9 @@ def command(
     from prodai_cli.loadtest.plan import build_plan
 
     out = console(ctx, json_flag)
-    conf = settings(ctx)
+    settings = project_settings(ctx)
     plan = build_plan(
-        conf,
+        settings,
         url=url,
         deployment=deployment,
         model=model,
@@ -104,7 +105,7 @@ def command(
     from prodai_cli.loadtest.runner import run_loadtest
 
     with _LiveView(out, plan) as view:
-        result = run_loadtest(conf, plan, on_event=view.update)
+        result = run_loadtest(settings, plan, on_event=view.update)
     _render(out, result)
     if not result.passed:
         failed = [r.describe() for r in result.failed] + list(result.summary.get("problems") or [])

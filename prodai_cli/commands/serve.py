@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from prodai_cli.commands._common import JsonOption, console, settings
+from prodai_cli.commands._common import JsonOption, console
+from prodai_cli.commands._common import settings as project_settings
 
 
 def command(
@@ -42,25 +43,26 @@ def command(
     Example: prodai serve --model sentiment@production --port 8000
     """
     out = console(ctx, json_flag)
-    loaded = settings(ctx)
-    serving = loaded.config.serving
+    settings = project_settings(ctx)
+    config = settings.config
+    serving = config.serving
     from prodai_cli.serving.app import served_model_ref
     from prodai_cli.serving.pool import pin_model_ref
     from prodai_cli.serving.server import run_server
 
-    ab = loaded.config.ab
+    ab = config.ab
     pinned: str | None = None
     if model is None and ab.enabled:  # route by ab: (followed live as prodai.yaml changes)
         served = f"{ab.model} A/B " + " ".join(f"{name}=v{v.version}:{v.weight:g}" for name, v in ab.variants.items())
     else:
         with out.status("Resolving the model"):
-            pinned = pin_model_ref(loaded, served_model_ref(loaded, model))
+            pinned = pin_model_ref(settings, served_model_ref(serving, config.registry, model))
         served = pinned
     bind_host = host or serving.host
     bind_port = port or serving.port
     processes = workers or serving.workers
     url = f"http://{bind_host}:{bind_port}"
     out.result({"url": url, "model": served, "workers": processes})
-    if loaded.config.monitoring.log_format == "text":  # with JSON logs, the server's own "serving" line says it
+    if config.monitoring.log_format == "text":  # with JSON logs, the server's own "serving" line says it
         out.info(f"Serving {served} on {url} with {processes} worker(s); docs at {url}/docs. Ctrl-C to stop.")
-    run_server(loaded, model=pinned, host=bind_host, port=bind_port, workers=processes)
+    run_server(settings, model=pinned, host=bind_host, port=bind_port, workers=processes)

@@ -14,12 +14,13 @@ The names below are the public API; import them from ``prodai_cli.config``.
 
 from prodai_cli.config.bounds import check_yaml, read_bounded
 from prodai_cli.config.edit import ConfigEdit, YamlEdit, edit_config, edit_yaml
-from prodai_cli.config.files import file_lock, write_atomic
+from prodai_cli.config.files import file_lock, file_signature, write_atomic
 from prodai_cli.config.load import find_config_path, load_settings, parse_config_text, round_trip_yaml
 from prodai_cli.config.render import mask_secrets, render_default_config
 from prodai_cli.config.schema import (
     AB_ALIAS_PATTERN,
     AB_VARIANT_NAME_PATTERN,
+    AB_VERSION_PATTERN,
     AB_WEIGHT_TOLERANCE,
     API_KEY_NAME_PATTERN,
     BUILTIN_REDACTIONS,
@@ -54,11 +55,13 @@ from prodai_cli.config.schema import (
     Section,
     ServingConfig,
     Settings,
+    resolve_under,
 )
 
 __all__ = [
     "AB_ALIAS_PATTERN",
     "AB_VARIANT_NAME_PATTERN",
+    "AB_VERSION_PATTERN",
     "AB_WEIGHT_TOLERANCE",
     "API_KEY_NAME_PATTERN",
     "BUILTIN_REDACTIONS",
@@ -99,12 +102,14 @@ __all__ = [
     "edit_config",
     "edit_yaml",
     "file_lock",
+    "file_signature",
     "find_config_path",
     "load_settings",
     "mask_secrets",
     "parse_config_text",
     "read_bounded",
     "render_default_config",
+    "resolve_under",
     "round_trip_yaml",
     "write_atomic",
 ]

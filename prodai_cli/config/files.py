@@ -1,7 +1,8 @@
 """Atomic file replacement and advisory locks: the two I/O rules every config and state writer follows.
 
 A reader sees the old file or the new one, never a mix (:func:`write_atomic`); two editors take turns
-(:func:`file_lock`, on filelock so it works on Windows too).
+(:func:`file_lock`, on filelock so it works on Windows too); a watcher tells a replaced file by its
+:func:`file_signature`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,20 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+FileSignature = tuple[int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """Inode, size and mtime of ``path`` (None when it cannot be stat'ed): what changes when it is edited.
+
+    An atomic replacement (:func:`write_atomic`) always shows as a new inode, even within one mtime tick.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -116,6 +116,8 @@ class ServingConfig(Section):
 # A/B: variant names end up in metric labels and headers; aliases follow MLflow's alias syntax.
 AB_VARIANT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 AB_ALIAS_PATTERN = r"[A-Za-z_][A-Za-z0-9_\-]*"
+# `3` and `v3` both name version 3 wherever a version or an alias is accepted; an alias may not look like one.
+AB_VERSION_PATTERN = r"[vV]?([0-9]+)"
 # Weights typed as 0.333 x 3 are meant to sum to 1; the router normalises by the real total.
 AB_WEIGHT_TOLERANCE = 1e-3
 
@@ -141,11 +143,11 @@ class ABVariantConfig(Section):
             return value
         if isinstance(value, str):
             text = value.strip()
-            number = text[1:] if text[:1] in ("v", "V") else text
-            if number.isdigit() and number.isascii():
-                if int(number) < 1:
+            version = re.fullmatch(AB_VERSION_PATTERN, text)
+            if version:
+                if int(version.group(1)) < 1:
                     raise ValueError("version numbers start at 1")
-                return int(number)
+                return int(version.group(1))
             if re.fullmatch(AB_ALIAS_PATTERN, text):
                 return text
         raise ValueError(f"must be a version number (3, v3) or an alias (production), got {value!r}")
@@ -665,5 +667,10 @@ class Settings:
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a path from the config relative to the config's directory."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.root / path
+        return resolve_under(self.root, value)
+
+
+def resolve_under(root: Path, value: str) -> Path:
+    """A path from the config (``~`` expanded) taken relative to ``root``, the config's directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path

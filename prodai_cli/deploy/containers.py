@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from prodai_cli.deploy import readiness
 from prodai_cli.errors import DeployError
+from prodai_cli.errors import first_line as _first_line
 
 MANAGED_LABEL = "prodai.managed"
 DEPLOYMENT_LABEL = "prodai.deployment"
@@ -47,11 +48,6 @@ def docker_client() -> Any:
             hint="Start dockerd (scripts/setup-system does) or point DOCKER_HOST at an engine",
         ) from None
     return client
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -145,14 +145,18 @@ def normalize_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def deployment_record(settings: Settings, name: str) -> dict[str, Any]:
+def deployment_record(state_dir: Path, name: str) -> dict[str, Any]:
     """Read ``.prodai/deployments/<name>.json`` (written by ``prodai deploy``).
+
+    Args:
+        state_dir: The project's ``.prodai`` directory.
+        name: The deployment's name.
 
     Raises:
         UsageError: No such deployment (the hint lists the known ones), or a record without a URL.
 
     """
-    directory = settings.state_dir / DEPLOYMENTS_DIRNAME
+    directory = state_dir / DEPLOYMENTS_DIRNAME
     path = directory / f"{name}.json"
     if "/" in name or "\\" in name or not path.is_file():
         known = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
@@ -188,7 +192,7 @@ def resolve_target(settings: Settings, *, url: str | None, deployment: str | Non
     model_name: str | None = None
     version_ref: str | None = None
     if deployment:
-        record = deployment_record(settings, deployment)
+        record = deployment_record(settings.state_dir, deployment)
         url = record["url"]
         if record.get("model"):
             model_name = str(record["model"])
@@ -208,13 +212,14 @@ def resolve_target(settings: Settings, *, url: str | None, deployment: str | Non
 
 def _registered_version(settings: Settings, name: str, version_ref: str | None) -> int:
     """The version number of ``name`` at ``version_ref`` (a number, ``v3``, an alias, or None for latest)."""
+    from prodai_cli.config import AB_VERSION_PATTERN
     from prodai_cli.refs import ModelRef
     from prodai_cli.registry import Registry
 
     text = (version_ref or "").strip()
-    number = text[1:] if text[:1] in ("v", "V") else text
-    if number.isdigit():
-        ref = ModelRef(name=name, version=int(number))
+    number = re.fullmatch(AB_VERSION_PATTERN, text)
+    if number:
+        ref = ModelRef(name=name, version=int(number.group(1)))
     elif text:
         ref = ModelRef(name=name, alias=text)
     else:
@@ -250,8 +255,8 @@ def check_reachable(url: str, timeout_s: float = 5.0) -> int:
     return response.status_code
 
 
-def default_report_dir(settings: Settings, target: Target | None) -> Path:
-    """``.prodai/loadtests/<UTC time>-<deployment or host_port>/``."""
+def default_report_dir(state_dir: Path, target: Target | None) -> Path:
+    """``<state_dir>/loadtests/<UTC time>-<deployment or host_port>/`` (``state_dir``: the project's ``.prodai``)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if target is None:
         label = "worker"
@@ -261,7 +266,7 @@ def default_report_dir(settings: Settings, target: Target | None) -> Path:
         parts = urlsplit(target.url)
         label = f"{parts.hostname}_{parts.port}" if parts.port else str(parts.hostname)
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
-    return settings.state_dir / LOADTESTS_DIRNAME / f"{stamp}-{label}"
+    return state_dir / LOADTESTS_DIRNAME / f"{stamp}-{label}"
 
 
 def build_plan(
@@ -375,7 +380,7 @@ def build_plan(
         master_port=master_port,
         master_bind_host=master_bind_host,
         worker_timeout_s=300.0 if master else 60.0,
-        report_dir=report_dir or default_report_dir(settings, target),
+        report_dir=report_dir or default_report_dir(settings.state_dir, target),
         scale_latency=cfg.scale_latency if scale_latency is None else scale_latency,
         max_latency_scale=cfg.max_latency_scale,
     )

@@ -1,7 +1,7 @@
 """Run a planned load test: Locust child processes on one side, SLO verdict, reports and MLflow on the other.
 
 This process never imports Locust (it would monkey-patch everything with gevent). It starts
-``python -m prodai_cli.loadtest.run`` as a local runner or a master plus worker processes, reads the JSON
+``python -m prodai_cli.loadtest.child`` as a local runner or a master plus worker processes, reads the JSON
 events they print, hands live figures to a callback, and turns the final figures into a summary, a verdict
 per SLO, ``summary.json`` beside Locust's reports, and (for a registered version) an MLflow run.
 """
@@ -103,7 +103,7 @@ def _start(name: str, spec: dict[str, Any], log_path: Path, spec_files: list[Pat
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115  (closed with the child)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prodai_cli.loadtest.run", "--spec", str(path)],
+        [sys.executable, "-m", "prodai_cli.loadtest.child", "--spec", str(path)],
         stdout=subprocess.PIPE,
         stderr=log,
         stdin=subprocess.DEVNULL,

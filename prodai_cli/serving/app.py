@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from prodai_cli.config import ABConfig, ProdaiConfig, Settings
+    from prodai_cli.config import ABConfig, ProdaiConfig, RegistryConfig, ServingConfig, Settings
     from prodai_cli.serving.ab.routing import ABRouting, Resilience
 
 logger = logging.getLogger("prodai.serving")
@@ -58,14 +58,19 @@ ADMIN_RELOAD_ROUTE = "/admin/reload"
 STARTUP_FAILURE = 3
 
 
-def served_model_ref(settings: Settings, model: str | None = None) -> str:
+def served_model_ref(serving: ServingConfig, registry: RegistryConfig, model: str | None = None) -> str:
     """The reference the server loads: ``model``, else ``serving.model``, else ``registry.default_model``.
+
+    Args:
+        serving: The ``serving`` section.
+        registry: The ``registry`` section.
+        model: The reference given on the command line, if any.
 
     Raises:
         ConfigError: None of them is set.
 
     """
-    ref = model or settings.config.serving.model or settings.config.registry.default_model
+    ref = model or serving.model or registry.default_model
     if not ref:
         raise ConfigError(
             "No model to serve: pass --model, or set serving.model or registry.default_model in prodai.yaml",
@@ -75,10 +80,11 @@ def served_model_ref(settings: Settings, model: str | None = None) -> str:
 
 
 def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str, int] | None = None) -> FastAPI:
-    """Build the model server app.
+    """Build the model server app: the one place that hands each component its own config section.
 
     Args:
-        settings: Loaded settings (``serving`` and ``monitoring`` sections, registry for references).
+        settings: Loaded settings (each part gets its section; the pool and A/B get registry access, the
+            key store and the reloader the config file).
         model: Model reference or directory to serve. Pin it (``NAME/VERSION``) so every worker loads the
             same version. None: the ``ab:`` split when ``ab.enabled``, else ``serving.model``, then
             ``registry.default_model``.
@@ -97,18 +103,20 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
 
     from prodai_cli import __version__
     from prodai_cli.serving import routes
-    from prodai_cli.serving.ab.reload import ABReload, ConfigReloader, install_sighup
+    from prodai_cli.serving.ab.reload import ABReload, ConfigReloader, install_sighup, resolve_router
     from prodai_cli.serving.errors import InvalidRequest, ServingError
     from prodai_cli.serving.faults import FaultInjectingPool, fault_plan_from_env
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.middleware import ObservabilityMiddleware, context_of
     from prodai_cli.serving.pipeline import PredictPipeline, Router, SingleModelRouter
     from prodai_cli.serving.pool import ModelPool
+    from prodai_cli.serving.protection.auth import KeyStore
     from prodai_cli.serving.protection.steps import Protection
     from prodai_cli.serving.schemas import ErrorResponse, RequestModels
 
-    serving = settings.config.serving
-    ab_mode = model is None and settings.config.ab.enabled
+    config = settings.config
+    serving = config.serving
+    ab_mode = model is None and config.ab.enabled
     metrics = ServerMetrics()
     faults = fault_plan_from_env()
     pool = (
@@ -116,21 +124,33 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         if faults is None
         else FaultInjectingPool(settings, serving, metrics, faults)
     )
-    protection = Protection(settings, metrics)
+    # API keys are read from the config file (or the keys file it names) and re-read when either changes.
+    key_store = (
+        KeyStore.from_files(config.auth, config_path=settings.path, root=settings.root) if config.auth.enabled else None
+    )
+    protection = Protection(
+        config.auth,
+        config.rate_limit,
+        config.cache,
+        config.filters,
+        keys=key_store,
+        redis_url=config.redis_url,
+        max_text_chars=serving.max_text_chars,
+        metrics=metrics,
+    )
     routing: ABRouting | None = None
     resilience: Resilience | None = None
     router: Router
     if ab_mode:
         from prodai_cli.serving.ab.breaker import Breakers
-        from prodai_cli.serving.ab.reload import resolve_router
         from prodai_cli.serving.ab.routing import ABMetrics, ABRouting, Resilience
 
-        routing = ABRouting(pool, resolve_router(settings, settings.config))
-        resilience = Resilience(pool, Breakers(settings.config.ab.breaker), ABMetrics(metrics))
+        routing = ABRouting(pool, resolve_router(settings, config))
+        resilience = Resilience(pool, Breakers(config.ab.breaker), ABMetrics(metrics))
         model_keys = routing.pool_keys()
         router = routing
     else:
-        key = served_model_ref(settings, model)
+        key = served_model_ref(serving, config.registry, model)
         model_keys = [key]
         router = SingleModelRouter(pool, key)
     for key in model_keys:
@@ -158,7 +178,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         # Another worker may answer the scrape: keep this worker's files current after every request.
         pipeline.after.append(protection.sync_metrics)
     metrics.before_render.append(protection.sync_metrics)
-    state = ServerState(settings, metrics, pool, pipeline, model_keys)
+    state = ServerState(serving, config.monitoring, metrics, pool, pipeline, model_keys)
     state.protection, state.routing, state.resilience = protection, routing, resilience
     if bind is not None:
         state.bind = bind
@@ -170,9 +190,10 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         def set_model_keys(keys: list[str]) -> None:
             state.model_keys = keys
 
-        ab_reload = ABReload(settings, routing, pool, resilience.breakers, set_model_keys)
-    apply = ab_reload if ab_reload is not None else _pinned_apply(model, settings.config.ab)
-    reloader = ConfigReloader(settings, metrics, apply)
+        resolve = functools.partial(resolve_router, settings)
+        ab_reload = ABReload(resolve, routing, pool, resilience.breakers, set_model_keys)
+    apply = ab_reload if ab_reload is not None else _pinned_apply(model, config.ab)
+    reloader = ConfigReloader(settings.path, config, metrics, apply)
     state.reloader = reloader
 
     @asynccontextmanager
@@ -256,7 +277,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     known = frozenset(
         routes.PREDICT_ROUTES + routes.HEALTH_ROUTES + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE) + routes.DOC_ROUTES
     )
-    access_log = settings.config.monitoring.access_log
+    access_log = config.monitoring.access_log
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)
     app.fast_lane = ObservabilityMiddleware(  # type: ignore[attr-defined]  # ServerApp's
         routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log
@@ -308,7 +329,8 @@ def factory() -> FastAPI:
     from prodai_cli.serving.logging import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
+    monitoring = settings.config.monitoring
+    configure_logging(monitoring.log_format, monitoring.log_level)
     http.configure(settings.config.serving)  # this worker's connection limits (uvicorn builds the protocol)
     host, _, port = os.environ.get(ENV_SERVE_BIND, "").rpartition(":")
     bind = (host, int(port)) if host and port.isdigit() else None

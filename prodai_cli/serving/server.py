@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from prodai_cli.errors import ServeError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from prodai_cli.config import Settings
 
 logger = logging.getLogger("prodai.serving")
@@ -107,11 +109,11 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
         if failures:
             raise ServeError(f"The model did not load: {failures[0]}")
         return
-    _run_workers(settings, sock, model=model, host=host, port=port, workers=workers, options=options)
+    _run_workers(settings.path, sock, model=model, host=host, port=port, workers=workers, options=options)
 
 
 def _run_workers(
-    settings: Settings,
+    config_path: Path | None,
     sock: socket.socket,
     *,
     model: str | None,
@@ -136,8 +138,8 @@ def _run_workers(
     else:  # route by ab: (a stale value from the environment would pin one model)
         os.environ.pop(ENV_SERVE_MODEL, None)
     os.environ[ENV_SERVE_BIND] = f"{host}:{port}"
-    if settings.path is not None:
-        os.environ[ENV_CONFIG] = str(settings.path)
+    if config_path is not None:  # the workers load the same file (uvicorn's factory takes no arguments)
+        os.environ[ENV_CONFIG] = str(config_path)
     config = uvicorn.Config(FACTORY, factory=True, host=host, port=port, workers=workers, **options)  # type: ignore[arg-type]
     supervisor = Multiprocess(config, sockets=[sock])
     try:

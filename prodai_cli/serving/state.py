@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prodai_cli.config import MonitoringConfig, ServingConfig, Settings
+    from prodai_cli.config import MonitoringConfig, ServingConfig
     from prodai_cli.serving.ab.reload import ConfigReloader
     from prodai_cli.serving.ab.routing import ABRouting, Resilience
     from prodai_cli.serving.metrics import ServerMetrics
@@ -30,6 +30,14 @@ class ServerState:
 
     Reachable from handlers and from wiring code as ``app.state.prodai``.
 
+    Args:
+        serving: The ``serving`` section (drain delay, the default bind address).
+        monitoring: The ``monitoring`` section (whether ``/metrics`` is served).
+        metrics: The server's metrics.
+        pool: The model pool.
+        pipeline: The request pipeline.
+        model_keys: The pool keys that must be ready.
+
     Attributes:
         model_keys: The pool keys this server must have ready before it reports ready.
         draining: Set on SIGTERM (or shutdown): readiness answers 503 from then on.
@@ -40,15 +48,15 @@ class ServerState:
 
     def __init__(
         self,
-        settings: Settings,
+        serving: ServingConfig,
+        monitoring: MonitoringConfig,
         metrics: ServerMetrics,
         pool: ModelPool,
         pipeline: PredictPipeline,
         model_keys: list[str],
     ) -> None:
-        self.settings = settings
-        self.serving: ServingConfig = settings.config.serving
-        self.monitoring: MonitoringConfig = settings.config.monitoring
+        self.serving = serving
+        self.monitoring = monitoring
         self.metrics = metrics
         self.pool = pool
         self.pipeline = pipeline

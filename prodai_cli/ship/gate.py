@@ -94,7 +94,7 @@ def ship(
         DeployError: ``--target docker|compose`` without a reachable Docker engine.
 
     """
-    from prodai_cli.registry import Registry, validate_alias
+    from prodai_cli.registry import Registry, path_safe, validate_alias
     from prodai_cli.slo import parse_duration, parse_slos
 
     if target not in TARGETS:
@@ -113,7 +113,7 @@ def ship(
 
         docker_client()  # no engine: a clear DeployError before anything is created
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report_dir = settings.state_dir / SHIPS_DIRNAME / f"{stamp}-{_safe(info.name)}-v{info.version}"
+    report_dir = settings.state_dir / SHIPS_DIRNAME / f"{stamp}-{path_safe(info.name)}-v{info.version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     report = ShipReport(
         ref=ref,
@@ -391,7 +391,3 @@ def _alias_version(registry: Registry, name: str, alias: str) -> int | None:
         return registry.get_version(ModelRef(name=name, alias=alias)).version
     except ModelNotFoundError:
         return None
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -116,3 +116,41 @@ def test_the_private_name_check_sees_a_violation(tmp_path: Path) -> None:
         "prodai_cli._probe_private_use: from prodai_cli.keys import _edit_keys",
         "prodai_cli._probe_private_use: registry._quote",
     ]
+
+
+# The server's parts take their own config sections; only these see the whole Settings: the assembly
+# (create_app, the uvicorn runner) and what needs registry access (the pool, A/B's router resolution).
+SETTINGS_ALLOWED_IN_SERVING = {
+    "prodai_cli.serving.app",
+    "prodai_cli.serving.server",
+    "prodai_cli.serving.pool",
+    "prodai_cli.serving.faults",
+    "prodai_cli.serving.ab.reload",
+}
+
+
+def _imports_settings(path: Path) -> bool:
+    """Whether the module imports ``Settings`` from prodai's config (at run time or for type checking)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("prodai_cli.config")
+        and any(alias.name == "Settings" for alias in node.names)
+        for node in ast.walk(tree)
+    )
+
+
+def test_serving_components_take_their_config_sections_not_settings() -> None:
+    users = {_module_name(p, REPO_ROOT) for p in sorted((PACKAGE / "serving").rglob("*.py")) if _imports_settings(p)}
+    assert users <= SETTINGS_ALLOWED_IN_SERVING, sorted(users - SETTINGS_ALLOWED_IN_SERVING)
+    assert not any("protection" in name for name in users)
+
+
+def test_the_settings_check_sees_a_component_that_takes_settings(tmp_path: Path) -> None:
+    probe = tmp_path / "component.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from prodai_cli.config import Settings\n"
+    )
+    assert _imports_settings(probe)
+    probe.write_text("from prodai_cli.config import AuthConfig, RateLimitConfig\n")
+    assert not _imports_settings(probe)

@@ -20,7 +20,7 @@ def test_window_percentiles_are_exact_not_locust_buckets() -> None:
     """
     code = (
         "import json\n"
-        "from prodai_cli.loadtest.run import Window, stats_figures\n"
+        "from prodai_cli.loadtest.child import Window, stats_figures\n"
         "w = Window(0.0)\nw.start()\n"
         "for t in range(951, 1051):\n"
         "    w.on_request('POST', '/predict', float(t), 10)\n"

@@ -23,7 +23,10 @@ def config_path(project: Path) -> Path:
 
 
 def store_for(config_path: Path, **kwargs: Any) -> KeyStore:
-    return KeyStore.from_settings(load_settings(config_path), reload_interval_s=0, **kwargs)
+    settings = load_settings(config_path)
+    return KeyStore.from_files(
+        settings.config.auth, config_path=settings.path, root=settings.root, reload_interval_s=0, **kwargs
+    )
 
 
 def test_every_refusal_has_its_status_and_reason(config_path: Path) -> None:
@@ -113,7 +116,9 @@ def test_an_invalid_edit_keeps_the_last_good_keys(config_path: Path) -> None:
 def test_reload_checks_are_rate_limited_by_the_interval(config_path: Path) -> None:
     settings = load_settings(config_path)
     ticks = [0.0]
-    store = KeyStore.from_settings(settings, reload_interval_s=5, clock=lambda: ticks[0])
+    store = KeyStore.from_files(
+        settings.config.auth, config_path=settings.path, root=settings.root, reload_interval_s=5, clock=lambda: ticks[0]
+    )
     store.reload_if_changed()
     key = create_key(settings, "later").key
     ticks[0] = 4.0

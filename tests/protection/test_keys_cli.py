@@ -79,7 +79,8 @@ def test_create_list_revoke_stores_hashes_keeps_comments_and_shows_the_key_once(
     assert comment_lines(config.read_text()) == original_comments
 
     # The server side sees exactly what the CLI wrote.
-    store = KeyStore.from_settings(load_settings(config))
+    settings = load_settings(config)
+    store = KeyStore.from_files(settings.config.auth, config_path=settings.path, root=settings.root)
     assert store.verify(key).failure is AuthFailure.REVOKED
     assert store.verify(admin_key, "admin").key_name == "ops"
 
@@ -201,5 +202,6 @@ def test_concurrent_creates_all_land(project: Path) -> None:
     for name, key in keys.items():
         assert re.search(rf"name: {name}\b", text)
         assert hash_key(key) in text
-    store = KeyStore.from_settings(load_settings(project / "prodai.yaml"))
+    settings = load_settings(project / "prodai.yaml")
+    store = KeyStore.from_files(settings.config.auth, config_path=settings.path, root=settings.root)
     assert all(store.verify(key).key_name == name for name, key in keys.items())

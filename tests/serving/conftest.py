@@ -38,6 +38,7 @@ class ThreadServer:
 
         from prodai_cli.serving.app import create_app
 
+        self.settings = settings
         self.app = create_app(settings, model=model)
         self.state = self.app.state.prodai
         self.port = free_port()

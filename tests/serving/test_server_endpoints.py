@@ -44,7 +44,7 @@ def test_predict_matches_the_runtime_used_by_batch(clf_server: Any, registered_p
     from prodai_cli.runtime import load_runtime
 
     texts = ["hello world", "a terrible movie", "the movie was not very good"]
-    expected = load_runtime("clf@production", clf_server.state.settings).predict(texts)
+    expected = load_runtime("clf@production", clf_server.settings).predict(texts)
     for text, want in zip(texts, expected, strict=True):
         got = post(clf_server.url, "/predict", {"text": text}).json()
         assert got["label"] == want["label"]

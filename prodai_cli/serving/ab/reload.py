@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodai_cli.config import ProdaiConfig, Settings, parse_config_text, read_bounded
+from prodai_cli.config import ProdaiConfig, Settings, file_signature, parse_config_text, read_bounded
 from prodai_cli.errors import ConfigError, ProdaiError, ReloadRejected
 
 if TYPE_CHECKING:
@@ -140,7 +139,8 @@ class ABReload:
     """Applies a new config's ``ab:`` section to a running A/B-mode server (step 2 and 3 of the module doc).
 
     Args:
-        settings: The start-up settings (file path and root; registry access).
+        resolve: Builds the router a new config asks for (blocking; :func:`resolve_router` bound to the
+            start-up settings, which say where the registry is).
         routing: The live router holder.
         pool: The model pool.
         breakers: The per-version breakers.
@@ -150,7 +150,7 @@ class ABReload:
 
     def __init__(
         self,
-        settings: Settings,
+        resolve: Callable[[ProdaiConfig], ABRouter],
         routing: ABRouting,
         pool: ModelPool,
         breakers: Breakers,
@@ -158,7 +158,7 @@ class ABReload:
         *,
         retire_delay_s: float = RETIRE_DELAY_S,
     ) -> None:
-        self.settings = settings
+        self.resolve = resolve
         self.routing = routing
         self.pool = pool
         self.breakers = breakers
@@ -177,7 +177,7 @@ class ABReload:
         """
         changed: list[str] = []
         try:
-            router = await asyncio.to_thread(resolve_router, self.settings, config)
+            router = await asyncio.to_thread(self.resolve, config)
         except ValueError as exc:
             raise ConfigError(f"ab: {exc}") from None
         current = self.routing.current
@@ -225,19 +225,12 @@ class ABReload:
             task.cancel()
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class ConfigReloader:
     """Watches the config file and applies changes (see the module docstring).
 
     Args:
-        settings: The start-up settings; nothing is watched when they came from no file.
+        path: The config file the server started with; None (embedded defaults): nothing is watched.
+        config: The config the server started with (to tell which sections a reload changed).
         metrics: The server's metrics (the reload series are added).
         apply: Applies a valid config and returns what changed (None: only report restart-only changes).
         interval_s: How often the file is looked at.
@@ -246,21 +239,22 @@ class ConfigReloader:
 
     def __init__(
         self,
-        settings: Settings,
+        path: Path | None,
+        config: ProdaiConfig,
         metrics: ServerMetrics,
         apply: Callable[[ProdaiConfig], Awaitable[list[str]]] | None,
         *,
         interval_s: float = POLL_INTERVAL_S,
     ) -> None:
-        self.path = settings.path
-        self.config = settings.config
+        self.path = path
+        self.config = config
         self.apply = apply
         self.interval_s = interval_s
         self.metrics = ReloadMetrics(metrics)
         self.last = ReloadOutcome(ok=True, at=time.time(), changed=["start"])
         self.metrics.success.set(1)
         self.metrics.timestamp.set(self.last.at)
-        self._signature = _signature(self.path) if self.path is not None else None
+        self._signature = file_signature(self.path) if self.path is not None else None
         self._lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -283,7 +277,7 @@ class ConfigReloader:
                     forced = True
             self._wake.clear()
             try:
-                if forced or _signature(self.path) != self._signature:
+                if forced or file_signature(self.path) != self._signature:
                     await self.reload(reason="signal" if forced else "file changed")
             except Exception:  # the watcher must outlive any surprise; the next change tries again
                 logger.exception("config reload crashed")
@@ -299,7 +293,7 @@ class ConfigReloader:
         async with self._lock:
             if self.path is None:
                 return self._fail("the server started without a config file: nothing to reload")
-            self._signature = _signature(self.path)
+            self._signature = file_signature(self.path)
             try:
                 # Read and parse off the event loop (bounded: config/bounds.py): predictions never wait on it.
                 text = await asyncio.to_thread(read_bounded, self.path, "Config file")

@@ -26,9 +26,9 @@ last good keys stay live.
 
 Call pattern (sync, microseconds; fine on the event loop)::
 
-    keys = KeyStore.from_settings(settings)                     # once, at start-up
-    if not settings.config.auth.enabled: log.warning(auth_disabled_warning(host, port))
-    result = keys.verify(request.headers.get(settings.config.auth.header), "predict")
+    keys = KeyStore.from_files(auth, config_path=path, root=root)   # once, at start-up
+    if not auth.enabled: log.warning(auth_disabled_warning(host, port))
+    result = keys.verify(request.headers.get(auth.header), "predict")
     if not result.ok: -> JSON {"detail": result.detail}, status result.status, headers result.headers()
     request.state.key_name = result.key_name                     # for the per-key limit and logs
 """
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +45,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prodai_cli.keys import KEY_PATTERN, KeySnapshot, hash_key, load_key_snapshot
+from prodai_cli.config import file_signature
+from prodai_cli.keys import KEY_PATTERN, KeySnapshot, hash_key, read_key_snapshot
 
 logger = logging.getLogger("prodai.serving.auth")
 
 if TYPE_CHECKING:
-    from prodai_cli.config import ApiKeyRecord, Scope, Settings
+    from prodai_cli.config import ApiKeyRecord, AuthConfig, Scope
+    from prodai_cli.config.files import FileSignature
 
 
 class AuthFailure(StrEnum):
@@ -128,7 +129,7 @@ class KeyStore:
         now: The wall-clock time expiries are compared with.
         header: The header name, for messages.
         reload: Reads the keys again when a source changed (default: ``load``); stricter than the first
-            load (see :func:`~prodai_cli.keys.load_key_snapshot`).
+            load (see :func:`~prodai_cli.keys.read_key_snapshot`).
 
     Raises:
         ConfigError: The first load fails (a server must not start on unreadable keys).
@@ -157,27 +158,39 @@ class KeyStore:
         self._records: tuple[ApiKeyRecord, ...] = ()
         self._expiry: tuple[datetime | None, ...] = ()
         self._sources: tuple[Path, ...] = ()
-        self._signature: tuple[tuple[int, int, int] | None, ...] = ()
+        self._signature: tuple[FileSignature | None, ...] = ()
         self._next_check = 0.0
         self._install(load(), None)
 
     @classmethod
-    def from_settings(
+    def from_files(
         cls,
-        settings: Settings,
+        auth: AuthConfig,
         *,
+        config_path: Path | None,
+        root: Path,
         reload_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> KeyStore:
-        """The keys the settings point at, re-read from the same files when they change."""
+        """The keys ``auth`` points at, re-read from the same files when they change.
+
+        Args:
+            auth: The ``auth`` section as loaded (the header name; the keys when there is no config file).
+            config_path: The config file the keys (or ``auth.keys_file``) are read from; None: ``auth.keys``.
+            root: The config's directory (``auth.keys_file`` is relative to it).
+            reload_interval_s: Stat the source files at most this often (0: on every verify).
+            clock: Monotonic clock for the interval.
+            now: The wall-clock time expiries are compared with.
+
+        """
         return cls(
-            lambda: load_key_snapshot(settings),
-            reload=lambda: load_key_snapshot(settings, reload=True),
+            lambda: read_key_snapshot(auth, config_path=config_path, root=root),
+            reload=lambda: read_key_snapshot(auth, config_path=config_path, root=root, reload=True),
             reload_interval_s=reload_interval_s,
             clock=clock,
             now=now,
-            header=settings.config.auth.header,
+            header=auth.header,
         )
 
     def __len__(self) -> int:
@@ -198,17 +211,10 @@ class KeyStore:
         return [r.name for r in self._records]
 
     @staticmethod
-    def _stat(path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    def _signature_of(sources: Sequence[Path]) -> tuple[FileSignature | None, ...]:
+        return tuple(file_signature(p) for p in sources)
 
-    def _signature_of(self, sources: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
-        return tuple(self._stat(p) for p in sources)
-
-    def _install(self, snapshot: KeySnapshot, signature: tuple[tuple[int, int, int] | None, ...] | None) -> None:
+    def _install(self, snapshot: KeySnapshot, signature: tuple[FileSignature | None, ...] | None) -> None:
         # The signature is taken *before* the read when possible: a write racing the read then shows up as
         # a change on the next check instead of being marked as seen.
         self._records = snapshot.records

@@ -17,7 +17,7 @@ those entries keep answering until they expire while everything else bypasses.
 
 Call pattern in an async request path::
 
-    cache = ResponseCache.from_config(settings.config)        # once, at start-up
+    cache = ResponseCache(config.cache, config.redis_url)    # once, at start-up
     key = cache_key(model_name, resolved_version, {"text": text}, params)
     result = await cache.get_or_compute(key, lambda: predict(text))
     response.headers["X-Cache"] = result.status              # HIT, MISS or BYPASS
@@ -40,11 +40,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard
 
 if TYPE_CHECKING:
-    from prodai_cli.config import CacheConfig, ProdaiConfig
+    from prodai_cli.config import CacheConfig
 
 V = TypeVar("V")
 CacheStatus = Literal["HIT", "MISS", "BYPASS"]
@@ -207,23 +206,13 @@ class ResponseCache:
         self.local: MemoryBackend | None = None
         self.local_hits = 0
         if config.backend == "redis":
-            if not redis_url:
-                raise ConfigError(
-                    "cache.backend is redis but redis_url is empty",
-                    hint="Set redis_url (or PRODAI_REDIS_URL), or cache.backend: memory",
-                )
-            self.redis = RedisGuard(
-                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
+            self.redis = RedisGuard.for_section(
+                "cache", redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="cache"
             )
             if config.local_ttl_s > 0:
                 self.local = MemoryBackend(config.max_entries, min(config.local_ttl_s, float(config.ttl_seconds)))
         else:
             self.memory = MemoryBackend(config.max_entries, float(config.ttl_seconds))
-
-    @classmethod
-    def from_config(cls, config: ProdaiConfig, *, background_stores: bool = False) -> ResponseCache:
-        """The cache the config describes (its ``cache`` section and top-level ``redis_url``)."""
-        return cls(config.cache, config.redis_url, background_stores=background_stores)
 
     @property
     def errors(self) -> int:

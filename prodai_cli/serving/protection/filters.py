@@ -26,8 +26,8 @@ server's (``serving.max_text_chars``), applied after normalisation.
 
 Call pattern::
 
-    output_filter = OutputFilter(settings.config.filters)        # once
-    text = normalize_text(body.text) if settings.config.filters.normalize_input else body.text
+    output_filter = OutputFilter(config.filters)                 # once
+    text = normalize_text(body.text) if config.filters.normalize_input else body.text
     ...
     response_body = output_filter.redact(prediction_dict)       # before caching and returning
 

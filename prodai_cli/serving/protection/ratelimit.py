@@ -16,7 +16,7 @@ up to N times the limit: fail-open, never fail-closed.
 
 Call pattern in an async request path (see :class:`RateLimiter`)::
 
-    limiter = RateLimiter.from_config(settings.config)        # once, at start-up
+    limiter = RateLimiter(config.rate_limit, config.redis_url)  # once, at start-up
     ip = limiter.client_ip(request.client.host, request.headers.get("x-forwarded-for"))
     blocked = await limiter.auth_blocked(ip)                   # before verifying a key
     if not blocked.allowed: -> 429 with blocked.headers()
@@ -39,11 +39,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from prodai_cli.errors import ConfigError
 from prodai_cli.serving.protection.redis_client import RedisGuard, Script
 
 if TYPE_CHECKING:
-    from prodai_cli.config import LimitRule, ProdaiConfig, RateLimitConfig
+    from prodai_cli.config import LimitRule, RateLimitConfig
     from prodai_cli.serving.protection.redis_client import PipelinedRedis
 
 RuleName = Literal["per_key", "per_ip", "auth_failures"]
@@ -291,19 +290,13 @@ class RateLimiter:
         self.fallbacks = 0
         self.redis: RedisGuard | None = None
         if config.backend == "redis":
-            if not redis_url:
-                raise ConfigError(
-                    "rate_limit.backend is redis but redis_url is empty",
-                    hint="Set redis_url (or PRODAI_REDIS_URL), or rate_limit.backend: memory",
-                )
-            self.redis = RedisGuard(
-                redis_url, timeout_s=config.redis_timeout_s, retry_s=config.redis_retry_s, name="rate limiter"
+            self.redis = RedisGuard.for_section(
+                "rate_limit",
+                redis_url,
+                timeout_s=config.redis_timeout_s,
+                retry_s=config.redis_retry_s,
+                name="rate limiter",
             )
-
-    @classmethod
-    def from_config(cls, config: ProdaiConfig) -> RateLimiter:
-        """The limiter the config describes (its ``rate_limit`` section and top-level ``redis_url``)."""
-        return cls(config.rate_limit, config.redis_url)
 
     @property
     def errors(self) -> int:

@@ -369,6 +369,23 @@ class RedisGuard:
 
     """
 
+    @classmethod
+    def for_section(
+        cls, section: str, redis_url: str | None, *, timeout_s: float, retry_s: float, name: str
+    ) -> RedisGuard:
+        """The guard of a config section with ``backend: redis`` (``cache``, ``rate_limit``); ``name`` is for logs.
+
+        Raises:
+            ConfigError: ``redis_url`` is empty (the message names the section), or not a Redis URL.
+
+        """
+        if not redis_url:
+            raise ConfigError(
+                f"{section}.backend is redis but redis_url is empty",
+                hint=f"Set redis_url (or PRODAI_REDIS_URL), or {section}.backend: memory",
+            )
+        return cls(redis_url, timeout_s=timeout_s, retry_s=retry_s, name=name)
+
     def __init__(self, url: str, *, timeout_s: float, retry_s: float, name: str = "redis") -> None:
         try:
             RedisAddress.parse(url)

@@ -49,7 +49,7 @@ from prodai_cli.serving.protection.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
-    from prodai_cli.config import Scope, Settings
+    from prodai_cli.config import AuthConfig, CacheConfig, FiltersConfig, RateLimitConfig, Scope
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.pipeline import Infer, RequestContext, Route
 
@@ -130,34 +130,50 @@ class ProtectionMetrics:
 
 
 class Protection:
-    """Auth, rate limits, cache and filters of one server process, built from the config.
+    """Auth, rate limits, cache and filters of one server process, built from their config sections.
 
     Args:
-        settings: Loaded settings (``auth``, ``rate_limit``, ``cache``, ``filters``, ``redis_url``).
+        auth: The ``auth`` section (the header the key comes in).
+        rate_limit: The ``rate_limit`` section.
+        cache: The ``cache`` section.
+        filters: The ``filters`` section.
+        keys: The API keys to verify against (see :meth:`KeyStore.from_files`); None: auth is off.
+        redis_url: The top-level ``redis_url`` (the Redis backends of the limiter and the cache).
+        max_text_chars: ``serving.max_text_chars``, which still holds after input normalisation.
         metrics: The server's metrics (the protection series are added to its registry).
 
     Raises:
-        ConfigError: Unreadable keys, or a Redis backend without ``redis_url``.
+        ConfigError: A Redis backend without ``redis_url``.
 
     """
 
-    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
-        config = settings.config
-        self.auth_header = config.auth.header
-        self.keys: KeyStore | None = KeyStore.from_settings(settings) if config.auth.enabled else None
-        self.limiter = RateLimiter.from_config(config)
+    def __init__(
+        self,
+        auth: AuthConfig,
+        rate_limit: RateLimitConfig,
+        cache: CacheConfig,
+        filters: FiltersConfig,
+        *,
+        keys: KeyStore | None,
+        redis_url: str | None,
+        max_text_chars: int,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.auth_header = auth.header
+        self.keys = keys
+        self.limiter = RateLimiter(rate_limit, redis_url)
         # A miss is answered as soon as it is computed; the Redis write follows off the request's latency.
-        self.cache = ResponseCache.from_config(config, background_stores=True)
-        self.output_filter = OutputFilter(config.filters)
-        self.normalize_input = config.filters.normalize_input
-        self.max_text_chars = config.serving.max_text_chars
+        self.cache = ResponseCache(cache, redis_url, background_stores=True)
+        self.output_filter = OutputFilter(filters)
+        self.normalize_input = filters.normalize_input
+        self.max_text_chars = max_text_chars
         # The cached answer is the *filtered* one: servers sharing a Redis with other rules must not mix.
-        rules = json.dumps(config.filters.model_dump(mode="json"), sort_keys=True)
+        rules = json.dumps(filters.model_dump(mode="json"), sort_keys=True)
         self._filters_id = hashlib.sha256(rules.encode()).hexdigest()[:12] if self.output_filter.active else ""
         self.metrics = ProtectionMetrics(metrics)
         # IPs this process saw fail authentication, until their failed-auth bucket has surely drained: only
         # they need the lockout check (a Redis round trip) before their key is verified.
-        rule = config.rate_limit.auth_failures
+        rule = rate_limit.auth_failures
         self._lockout_memory_s = rule.period_s * (rule.rate + rule.burst) / rule.rate
         self._failed_ips: dict[str, float] = {}
 

@@ -1,4 +1,4 @@
-"""The Locust child process of ``prodai loadtest`` (``python -m prodai_cli.loadtest.run --spec FILE``).
+"""The Locust child process of ``prodai loadtest`` (``python -m prodai_cli.loadtest.child --spec FILE``).
 
 Not for people: the parent (:mod:`prodai_cli.loadtest.runner`) writes a JSON spec, starts this module as a
 local runner, a master (with workers beside it or on other machines) or a worker, and reads JSON lines from
@@ -399,7 +399,7 @@ def run_worker(spec: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Read the spec and run as it says."""
-    parser = argparse.ArgumentParser(prog="python -m prodai_cli.loadtest.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prodai_cli.loadtest.child", description=__doc__)
     parser.add_argument("--spec", required=True, help="JSON spec written by prodai loadtest")
     args = parser.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
