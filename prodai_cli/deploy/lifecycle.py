@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,7 @@ def deploy(
         assert image is not None
         return docker.deploy_docker(settings, plan, client, image, context_dir, port=port, progress=progress)
     if target == "compose":
-        return compose.deploy_compose(settings, plan, image, context_dir, port=port)
+        return compose.deploy_compose(settings, plan, image, context_dir, port=port, progress=progress)
     return k8s.deploy_k8s(settings, plan, image, context_dir)
 
 
@@ -131,18 +130,8 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
         engine.remove_container(client, record.container_id or record.name)
         engine.remove_container(client, record.name)
     elif record.target == "compose":
-        command = compose.compose_command()
-        compose_file = Path(record.files_dir or "") / "docker-compose.yml"
-        if command is None or not compose_file.is_file():
-            raise DeployError("Cannot stop the compose stack: no compose command or no compose file")
-        result = subprocess.run(
-            [*command, "-p", record.name, "-f", str(compose_file), "down", "-v"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DeployError(f"compose down failed:\n{result.stderr.strip()[-2000:]}")
+        # Containers, anonymous volumes and the network, also of a start that failed half-way.
+        compose.stop_compose(settings, record)
     else:
         raise DeployError(
             "prodai does not stop Kubernetes deployments itself",

@@ -76,6 +76,7 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         "grafana/datasource.yml.j2",
         "grafana/dashboards.yml.j2",
         "grafana/prodai-dashboard.json.j2",
+        "haproxy.cfg.j2",
         *(f"k8s/{name}.j2" for name in k8s.k8s_manifests(ab_plan, image="img:1")),
     }
     assert set(template_names()) == produced
@@ -147,9 +148,16 @@ def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     normalised = yaml.safe_load(result.stdout)
-    assert set(normalised["services"]) == {"server", "redis", "prometheus", "grafana"}
+    assert set(normalised["services"]) == {"lb", "server", "redis", "prometheus", "grafana"}
     server = normalised["services"]["server"]
     assert server["deploy"]["replicas"] == 2
+    # Only the balancer publishes the service port; the replicas publish nothing and trust the stack network.
+    assert "ports" not in server
+    assert normalised["services"]["lb"]["ports"][0]["published"] == 8080
+    assert yaml.safe_load(server["environment"]["PRODAI_RATE_LIMIT__TRUSTED_PROXIES"]) == []
+    # compose's own $-interpolation must leave the balancer's shell variable intact (it prints it escaped).
+    assert "$PRODAI_HAPROXY_CFG" in " ".join(normalised["services"]["lb"]["command"])
+    assert "server-template replica" in normalised["services"]["lb"]["environment"]["PRODAI_HAPROXY_CFG"]
     assert server["environment"]["PRODAI_REDIS_URL"] == "redis://redis:6379/0"
     assert f"{tmp_path}:/app:ro" in server["volumes"]  # docker-compose 1.x prints the short syntax
     json.loads(files["grafana/dashboards/prodai.json"])  # the dashboard is valid JSON
