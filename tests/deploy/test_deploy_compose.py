@@ -266,6 +266,7 @@ def test_an_update_whose_replicas_cannot_load_their_model_leaves_the_old_ones_se
     assert client.failures == [], client.failures[:10]
     assert client.ok > 0 and set(client.versions) == {"2"}, client.versions
     assert {s.id for s in _servers(docker_client, stack.name)} == before
+    print(f"failed update: {client.total} requests, {len(client.failures)} failed")
     compose_file = (stack.project / ".prodai" / "compose" / stack.name / "docker-compose.yml").read_text()
     assert stack.tags[1] in compose_file
 
@@ -281,6 +282,7 @@ def test_stopping_one_replica_by_hand_costs_at_most_its_requests_in_flight(stack
         assert client.total - started > 20  # the other replica kept answering
     # Each client thread has at most one request in flight, on either replica.
     assert len(client.failures) <= CLIENT_THREADS, client.failures
+    print(f"docker stop of one replica: {client.total} requests, {len(client.failures)} failed")
 
 
 def test_deploy_stop_leaves_nothing_of_the_stack(stack: Stack) -> None:
