@@ -81,7 +81,7 @@ def default_name(settings: Settings, name: str | None) -> str:
 def status(settings: Settings) -> list[dict[str, Any]]:
     """Every recorded deployment with the live state of its container (docker target)."""
     found = records.list_records(settings)
-    client = engine.docker_client() if any(r.target == "docker" for r in found) else None
+    client = engine.docker_client() if any(r.target in {"docker", "compose"} for r in found) else None
     out = []
     for record in found:
         entry = record.to_dict()
@@ -95,6 +95,8 @@ def status(settings: Settings) -> list[dict[str, Any]]:
                 entry["state"] = state.get("Status")
                 entry["health"] = (state.get("Health") or {}).get("Status")
                 entry["started_at"] = state.get("StartedAt")
+        elif client is not None and record.target == "compose":
+            entry.update(compose.stack_state(client, record))
         else:
             entry["state"] = record.status
         out.append(entry)
@@ -105,6 +107,8 @@ def logs(settings: Settings, name: str, *, lines: int = 100) -> str:
     """The last ``lines`` log lines of a docker deployment's container."""
     record = record_or_error(settings, name)
     client = engine.docker_client()
+    if record.target == "compose":
+        return compose.stack_logs(client, record.name, lines)
     ref = record.container_id or record.name
     if engine.container(client, ref) is None:
         raise DeployError(f"The container of {name} is gone ({record.status})")

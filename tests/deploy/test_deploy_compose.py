@@ -216,7 +216,13 @@ def test_balancer_spreads_requests_over_both_replicas_and_replicas_see_the_real_
             )
             assert response.status_code == 200, response.text
             assert response.json()["model_version"] == "1"
-    served = {s.name: _access_log(s) for s in servers}
+    # The access log reaches `docker logs` a moment after the response: wait for all 60 lines.
+    deadline = time.monotonic() + 15
+    while True:
+        served = {s.name: _access_log(s) for s in servers}
+        if sum(len(lines) for lines in served.values()) >= 60 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert all(len(lines) > 0 for lines in served.values()), {k: len(v) for k, v in served.items()}
     assert sum(len(lines) for lines in served.values()) >= 60
     network = compose.network_name(stack.name)
@@ -230,6 +236,15 @@ def test_balancer_spreads_requests_over_both_replicas_and_replicas_see_the_real_
     assert lb_ip != gateway and clients == {gateway}, (clients, lb_ip)
     states = balancer.replica_states(compose.stats_url(docker_client, stack.name))
     assert len([s for s in states if s.up]) == 2, states
+    status = run_cli("deploy", "status", "--json", cwd=stack.project, env=stack.env)
+    assert status.exit_code == 0, status.stderr
+    entries = status.json()
+    assert isinstance(entries, list)
+    entry = next(e for e in entries if e["name"] == stack.name)
+    assert entry["state"] == "running" and entry["replicas"] == 2, entry
+    logs = run_cli("deploy", "logs", stack.name, "--tail", "5", cwd=stack.project, env=stack.env)
+    assert logs.exit_code == 0, logs.stderr
+    assert all(f"--- {s.name}" in logs.stdout for s in servers), logs.stdout[-2000:]
 
 
 def test_rolling_update_to_a_new_version_fails_no_request(stack: Stack, docker_client: Any) -> None:

@@ -340,6 +340,28 @@ def _logs(client: Any, ids: Sequence[str], lines: int = 20) -> str:
     return "\n".join(parts)
 
 
+def stack_state(client: Any, record: DeploymentRecord) -> dict[str, Any]:
+    """The live state of a compose deployment: ``state`` and how many server replicas are running."""
+    running = [c for c in stack_containers(client, record.name, SERVER_SERVICE) if c.status == "running"]
+    state = record.status
+    if record.status == "running" and not running:
+        state = "missing"
+    return {"state": state, "replicas": len(running)}
+
+
+def stack_logs(client: Any, name: str, lines: int = 100) -> str:
+    """The last ``lines`` log lines of every server replica and the balancer of stack ``name``.
+
+    Raises:
+        DeployError: The stack has no containers.
+
+    """
+    found = stack_containers(client, name, SERVER_SERVICE) + stack_containers(client, name, BALANCER_SERVICE)
+    if not found:
+        raise DeployError(f"The stack {name} has no containers", hint=f"Start it: prodai deploy --name {name}")
+    return _logs(client, [c.id for c in found], lines)
+
+
 def wait_in_rotation(client: Any, name: str, ids: Sequence[str], timeout_s: float) -> float:
     """Wait until the balancer routes to every replica in ``ids`` (its check on /health/ready passed).
 
