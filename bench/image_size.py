@@ -42,7 +42,7 @@ def main() -> int:
 
     from prodai_cli.config import load_settings
     from prodai_cli.deploy import containers as engine
-    from prodai_cli.deploy.context import assemble
+    from prodai_cli.deploy.build_context import assemble
     from prodai_cli.deploy.plan import plan_deployment
 
     client = engine.docker_client()

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -529,6 +529,60 @@ class Registry:
             tags=tags,
         )
 
+    def record_run(
+        self,
+        run_name: str,
+        *,
+        tags: dict[str, str],
+        metrics: dict[str, float] | None = None,
+        params: dict[str, str] | None = None,
+        artifacts: Sequence[Path] = (),
+        artifact_path: str | None = None,
+        failed: bool = False,
+        what: str = "Recording a run",
+    ) -> str:
+        """The one MLflow run writer (experiment ``prodai``): load tests, ships and rollouts record through it.
+
+        Args:
+            run_name: The run's name.
+            tags: Run tags (``prodai.action`` says what it records).
+            metrics: Logged once each, at step 0.
+            params: Logged as text (cut at 6,000 characters, MLflow's limit).
+            artifacts: Files or directories logged under ``artifact_path`` (missing ones are skipped).
+            artifact_path: Where in the run's artifacts they go.
+            failed: End the run FAILED instead of FINISHED.
+            what: The action named in an error.
+
+        Returns:
+            The run id.
+
+        Raises:
+            RegistryError: The tracking store refused.
+
+        """
+        import time
+
+        from mlflow.entities import Metric, Param
+
+        experiment_id = self.experiment_id()
+        client = self.client
+        now_ms = int(time.time() * 1000)
+        with self._errors(what):
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+            run_id = str(run.info.run_id)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(key, float(value), now_ms, 0) for key, value in (metrics or {}).items()],
+                params=[Param(key, str(value)[:6000]) for key, value in (params or {}).items()],
+            )
+            for path in artifacts:
+                if path.is_dir():
+                    client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
+                elif path.is_file():
+                    client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+            client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        return run_id
+
     def log_loadtest(
         self,
         name: str,
@@ -552,35 +606,22 @@ class Registry:
             The MLflow run id.
 
         """
-        import time
-
         info = self.get_version(ModelRef(name=name, version=version))
-        experiment_id = self.experiment_id()
-        from mlflow.entities import Metric, Param
-
-        client = self.client
         passed_text = "true" if passed else "false"
-        now_ms = int(time.time() * 1000)
-        with self._errors(f"Logging a load test of {name}/{info.version}"):
-            run = client.create_run(
-                experiment_id,
-                run_name=f"loadtest-{name}-v{info.version}",
-                tags={
-                    "prodai.action": "loadtest",
-                    "prodai.model": name,
-                    "prodai.version": str(info.version),
-                    "prodai.loadtest.passed": passed_text,
-                },
-            )
-            run_id = str(run.info.run_id)
-            client.log_batch(
-                run_id,
-                metrics=[Metric(key, float(value), now_ms, 0) for key, value in metrics.items()],
-                params=[Param(key, str(value)[:6000]) for key, value in params.items()],
-            )
-            if report_dir is not None and report_dir.is_dir():
-                client.log_artifacts(run_id, str(report_dir), artifact_path="loadtest")
-            client.set_terminated(run_id, "FINISHED")
+        run_id = self.record_run(
+            f"loadtest-{name}-v{info.version}",
+            tags={
+                "prodai.action": "loadtest",
+                "prodai.model": name,
+                "prodai.version": str(info.version),
+                "prodai.loadtest.passed": passed_text,
+            },
+            metrics=metrics,
+            params=params,
+            artifacts=[report_dir] if report_dir is not None else [],
+            artifact_path="loadtest",
+            what=f"Logging a load test of {name}/{info.version}",
+        )
         tags = {
             "prodai.loadtest.passed": passed_text,
             "prodai.loadtest.run_id": run_id,

@@ -178,3 +178,60 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+class Traffic:
+    """A client that sends predictions to ``url`` from a thread until stopped, counting every failure.
+
+    Roll-out tests run it across a redeploy, a rollback or a rolling update: a failure is anything but a
+    200 (a refused connection, a reset, a 5xx), and ``versions`` counts which model version answered.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, pause_s: float = 0.02) -> None:
+        import collections
+        import threading
+
+        self.url = url
+        self.headers = headers or {}
+        self.pause_s = pause_s
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    response = client.post(
+                        f"{self.url}/predict",
+                        json={"text": f"hello world {n}"},
+                        headers={"X-User-ID": f"traffic-{n}", **self.headers},
+                    )
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    if response.status_code == 200:
+                        self.ok += 1
+                        self.versions[response.headers.get("x-model-version", "?")] += 1
+                    else:
+                        self.failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                self._stop.wait(self.pause_s)
+
+    @property
+    def total(self) -> int:
+        """Requests sent so far."""
+        return self.ok + len(self.failures)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)

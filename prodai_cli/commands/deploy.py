@@ -174,7 +174,7 @@ def stop(ctx: typer.Context, name: NameArg = None, json_flag: JsonOption = False
 
 @app.command("rollback")
 def rollback(ctx: typer.Context, name: NameArg = None, json_flag: JsonOption = False) -> None:
-    """Run the previous image of a deployment again and wait until it is ready.
+    """Roll the previous image of a deployment out again: its replicas serve before the current ones stop.
 
     Example: prodai deploy rollback prodai-sentiment
     """
@@ -183,7 +183,12 @@ def rollback(ctx: typer.Context, name: NameArg = None, json_flag: JsonOption = F
     out = console(ctx, json_flag)
     project = settings(ctx)
     deployment = lifecycle.default_name(project, name)
-    with out.status(f"Rolling {deployment} back"):
-        record = lifecycle.rollback(project, deployment)
+    with out.err.status(f"Rolling {deployment} back") as spinner:
+
+        def progress(line: str) -> None:
+            out.debug(line)
+            spinner.update(f"[dim]{line.strip()[:100]}[/dim]")
+
+        record = lifecycle.rollback(project, deployment, progress=progress)
     out.result(record.to_dict())
     out.success(f"{record.name} runs {record.image} again ({record.model}/{record.version}) at {record.url}")

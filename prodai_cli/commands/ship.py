@@ -27,7 +27,12 @@ def command(
         ),
     ] = None,
     target: Annotated[
-        str, typer.Option("--target", help="local: server processes here; docker: a container (prodai deploy).")
+        str,
+        typer.Option(
+            "--target",
+            help="local: server processes here; docker|compose: a candidate container, then a zero-downtime "
+            "roll-out to the production deployment before the alias moves.",
+        ),
     ] = "local",
     json_flag: JsonOption = False,
 ) -> None:
@@ -43,7 +48,7 @@ def command(
 
     out = console(ctx, json_flag)
     if target not in TARGETS:
-        raise UsageError(f"Unknown --target {target!r}; choose local or docker")
+        raise UsageError(f"Unknown --target {target!r}; choose one of {', '.join(TARGETS)}")
     view = _Steps(out)
     try:
         report = ship(
@@ -112,7 +117,7 @@ def _render(out: Console, report: ShipReport) -> None:
     if report.passed:
         was = f"was v{report.previous}" if report.previous is not None else "was unset"
         out.success(f"Shipped {report.model}/{report.version}: {report.model}@{report.alias} ({was})")
-        if report.target == "docker" and report.url:
-            out.info(f"The candidate container keeps serving at {report.url}")
+        if report.production_url:
+            out.info(f"Production serves {report.model}/{report.version} at {report.production_url}")
         else:
             out.info("Servers pinned to the previous version keep it until restarted (or route with prodai ab-set)")

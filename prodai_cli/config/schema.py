@@ -432,7 +432,7 @@ class DeployConfig(Section):
     base_image: str = Field("python:3.11-slim", description="Base of the runtime image")
     tag: str | None = Field(None, description="Image tag. Empty: prodai-<model>:<version>")
     port: int = Field(8080, ge=1, le=65535, description="Host port of the docker target")
-    replicas: int = Field(1, ge=1, description="compose and k8s replicas")
+    replicas: int = Field(1, ge=1, le=64, description="Server replicas (docker and compose: behind the load balancer)")
     gpu: bool = Field(False, description="Request a GPU and use the CUDA image variant")
     readiness_timeout_s: float = Field(120.0, gt=0, description="How long deploy waits for /health/ready")
     name: str | None = Field(
@@ -442,13 +442,14 @@ class DeployConfig(Section):
     restart_policy: Literal["no", "on-failure", "unless-stopped", "always"] = Field(
         "unless-stopped", description="Docker restart policy of the server container"
     )
+    balancer_image: str | None = Field(
+        None,
+        description="Load balancer image (HAProxy). Empty: built here from Debian's haproxy package on base_image",
+    )
     grafana: bool = Field(False, description="compose: add Grafana with a provisioned dashboard")
     redis_image: str = Field("redis:7-alpine", description="compose: Redis image")
     prometheus_image: str = Field("prom/prometheus:v2.53.0", description="compose: Prometheus image")
     grafana_image: str = Field("grafana/grafana:11.1.0", description="compose: Grafana image")
-    balancer_image: str | None = Field(
-        None, description="compose: load balancer image. Empty: built once from Debian's haproxy on base_image"
-    )
     offline: bool = Field(
         False,
         description="compose: build Redis and Prometheus from Debian's packages on base_image, pull nothing "

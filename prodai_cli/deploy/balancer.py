@@ -100,6 +100,7 @@ def config_text(
     server_timeout_s: float = 60,
     request_timeout_s: float = 10,
     check_interval_ms: int = 500,
+    check_timeout_s: float = 5,
 ) -> str:
     """The HAProxy configuration: replicas by DNS, health checks on /health/ready, a stats page."""
     return render(
@@ -112,6 +113,7 @@ def config_text(
         server_timeout_s=int(server_timeout_s),
         request_timeout_s=int(request_timeout_s),
         check_interval_ms=check_interval_ms,
+        check_timeout_s=int(check_timeout_s),
         listen_port=LISTEN_PORT,
         stats_port=STATS_PORT,
     )

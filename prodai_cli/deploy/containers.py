@@ -6,6 +6,7 @@ Everything Docker-specific lives here; callers get plain dataclasses and :class:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from prodai_cli.errors import DeployError
 
 MANAGED_LABEL = "prodai.managed"
 DEPLOYMENT_LABEL = "prodai.deployment"
+ROLE_LABEL = "prodai.role"
+BUILD_STAGE_REPOSITORY = "prodai-build-stage"
 LOG_TAIL_LINES = 40
 
 Progress = Callable[[str], None]
@@ -61,8 +64,21 @@ class BuiltImage:
     labels: dict[str, str]
 
 
+def tag_safe(text: str) -> str:
+    """``text`` as a Docker tag (letters, digits, ``_.-``; at most 128 characters)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:128] or "latest"
+
+
 def build_image(
-    client: Any, context: Path, tag: str, *, network_mode: str = "none", progress: Progress | None = None
+    client: Any,
+    context: Path,
+    tag: str,
+    *,
+    network_mode: str = "none",
+    progress: Progress | None = None,
+    target: str | None = None,
 ) -> BuiltImage:
     """Build ``context`` (its Dockerfile) as ``tag``, streaming the build's output.
 
@@ -72,6 +88,7 @@ def build_image(
         tag: Image tag.
         network_mode: The build containers' network; ``none`` proves the build needs no network.
         progress: Called with each output line.
+        target: Build only up to this stage of a multi-stage Dockerfile.
 
     Raises:
         DeployError: The build failed; the message carries its last lines.
@@ -83,7 +100,14 @@ def build_image(
     image_id: str | None = None
     try:
         stream = client.api.build(
-            path=str(context), tag=tag, rm=True, forcerm=True, pull=False, network_mode=network_mode, decode=True
+            path=str(context),
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            network_mode=network_mode,
+            decode=True,
+            target=target,
         )
         for chunk in stream:
             if "error" in chunk:
@@ -120,12 +144,17 @@ def image_info(client: Any, ref: str) -> BuiltImage | None:
 
 @dataclass
 class RunSpec:
-    """How to start a server container (kept in the deployment record for rollback)."""
+    """How to start a container (a server's is kept in the deployment record for rollback).
+
+    ``port`` None publishes ``container_port`` on an ephemeral host port (read it back with
+    :func:`published_port`); ``network`` and ``aliases`` attach the container to a user network where the
+    balancer finds it by alias.
+    """
 
     name: str
     image: str
     host: str
-    port: int
+    port: int | None
     container_port: int
     environment: dict[str, str] = field(default_factory=dict)
     # Each: {"type": "bind"|"volume", "source": str|None, "target": str, "read_only": bool}
@@ -134,6 +163,11 @@ class RunSpec:
     gpu: bool = False
     user: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    network: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    command: list[str] | None = None
+    # More published ports: container port -> [host address, host port or None for an ephemeral one].
+    extra_ports: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -143,8 +177,11 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**data)
+        """Inverse of :meth:`to_dict` (keys a newer prodai added are ignored)."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def run_container(client: Any, spec: RunSpec) -> str:
@@ -164,15 +201,23 @@ def run_container(client: Any, spec: RunSpec) -> str:
     policy: dict[str, Any] = {"Name": "" if spec.restart_policy == "no" else spec.restart_policy}
     if spec.restart_policy == "on-failure":
         policy["MaximumRetryCount"] = 3
+    ports: dict[str, Any] = {f"{spec.container_port}/tcp": (spec.host, spec.port)}
+    for inner, (address, outer) in spec.extra_ports.items():
+        ports[f"{inner}/tcp"] = (address, outer)
     kwargs: dict[str, Any] = {
         "name": spec.name,
         "detach": True,
         "environment": spec.environment,
-        "ports": {f"{spec.container_port}/tcp": (spec.host, spec.port)},
+        "ports": ports,
         "mounts": mounts,
         "restart_policy": policy,
         "labels": {MANAGED_LABEL: "true", DEPLOYMENT_LABEL: spec.name, **spec.labels},
     }
+    if spec.network:
+        kwargs["network"] = spec.network
+        kwargs["networking_config"] = {spec.network: client.api.create_endpoint_config(aliases=spec.aliases or None)}
+    if spec.command:
+        kwargs["command"] = spec.command
     if spec.user:
         kwargs["user"] = spec.user
     if spec.gpu:
@@ -183,8 +228,108 @@ def run_container(client: Any, spec: RunSpec) -> str:
         raise DeployError(f"The engine has no image {spec.image}", hint="Build it again: prodai deploy") from None
     except APIError as exc:
         hint = "Is another process using the port? Choose one with --port" if "port" in str(exc).lower() else None
+        with contextlib.suppress(APIError):  # a container created but not started must not linger
+            client.api.remove_container(spec.name, force=True, v=True)
         raise DeployError(f"Starting {spec.name} failed: {exc.explanation or _first_line(exc)}", hint=hint) from None
     return str(container.id)
+
+
+def published_port(client: Any, ref: str, container_port: int) -> int | None:
+    """The host port Docker published ``container_port`` of container ``ref`` on (None: not published)."""
+    found = container(client, ref)
+    if found is None:
+        return None
+    found.reload()
+    bindings = (found.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{container_port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
+
+
+def container_address(client: Any, ref: str, network: str) -> str | None:
+    """The container's IP address on ``network`` (None: not attached)."""
+    found = container(client, ref)
+    if found is None:
+        return None
+    found.reload()
+    attached = (found.attrs.get("NetworkSettings", {}).get("Networks") or {}).get(network) or {}
+    return attached.get("IPAddress") or None
+
+
+def deployment_containers(client: Any, deployment: str, role: str | None = None) -> list[Any]:
+    """Every container (running or not) labelled as part of ``deployment`` (optionally of one ``role``)."""
+    labels = [f"{DEPLOYMENT_LABEL}={deployment}"]
+    if role:
+        labels.append(f"{ROLE_LABEL}={role}")
+    return list(client.containers.list(all=True, filters={"label": labels}))
+
+
+def ensure_network(client: Any, name: str, deployment: str) -> tuple[str, str | None]:
+    """The user network ``name`` (created when missing); returns (name, its IPv4 subnet).
+
+    Raises:
+        DeployError: The engine refused to create it.
+
+    """
+    from docker.errors import APIError, NotFound
+
+    try:
+        network = client.networks.get(name)
+    except NotFound:
+        try:
+            network = client.networks.create(
+                name, driver="bridge", labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: deployment}
+            )
+        except APIError as exc:
+            raise DeployError(f"Creating the network {name} failed: {exc.explanation or _first_line(exc)}") from None
+    network.reload()
+    subnets = [c.get("Subnet") for c in (network.attrs.get("IPAM", {}).get("Config") or []) if c.get("Subnet")]
+    ipv4 = [s for s in subnets if ":" not in s]
+    return name, (ipv4 or [None])[0]
+
+
+def remove_network(client: Any, name: str) -> bool:
+    """Remove the network ``name`` (disconnecting what is left on it); False when there was none."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        network = client.networks.get(name)
+    except NotFound:
+        return False
+    try:
+        network.reload()
+        for attached in network.containers:
+            with contextlib.suppress(APIError):
+                network.disconnect(attached, force=True)
+        network.remove()
+    except NotFound:
+        return False
+    except APIError as exc:
+        raise DeployError(f"Removing the network {name} failed: {exc.explanation or _first_line(exc)}") from None
+    return True
+
+
+def tag_image(client: Any, image_id: str, repository: str, tag: str) -> None:
+    """Give ``image_id`` the tag ``repository:tag`` (moving it from any other image)."""
+    from docker.errors import APIError, ImageNotFound
+
+    with contextlib.suppress(ImageNotFound, APIError):
+        client.images.get(image_id).tag(repository, tag)
+
+
+def remove_image_if_unused(client: Any, image_id: str) -> bool:
+    """Delete an image nothing tags and no container uses (the engine refuses otherwise); True when deleted."""
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        image = client.images.get(image_id)
+        if image.tags:
+            return False
+        client.images.remove(image.id, noprune=False)
+    except (ImageNotFound, APIError):
+        return False
+    return True
 
 
 def container(client: Any, ref: str) -> Any | None:

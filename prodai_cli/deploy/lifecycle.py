@@ -48,12 +48,12 @@ def deploy(
     needs_engine = build or target != "k8s"
     client = engine.docker_client() if needs_engine else None
     if build:
-        from prodai_cli.deploy.context import assemble
+        from prodai_cli.deploy.build_context import assemble
 
         context = assemble(plan, progress=progress)
         context_dir = context.directory
         say(f"Building {plan.tag} (network disabled)")
-        image = engine.build_image(client, context.directory, plan.tag, network_mode="none", progress=progress)
+        image = _build(settings, client, context.directory, plan.tag, progress)
     elif client is not None:
         image = engine.image_info(client, plan.tag)
         if image is None:
@@ -64,6 +64,26 @@ def deploy(
     if target == "compose":
         return compose.deploy_compose(settings, plan, image, context_dir, port=port, progress=progress)
     return k8s.deploy_k8s(settings, plan, image, context_dir)
+
+
+def _build(settings: Settings, client: Any, directory: Path, tag: str, progress: Progress | None) -> engine.BuiltImage:
+    """Build ``tag`` leaving no dangling image behind.
+
+    The build stage is tagged ``prodai-build-stage:<tag>`` (it is the layer cache of the next build, and a
+    tagged image is not dangling); an image the new build displaced from ``tag`` or from that stage tag is
+    deleted unless a container or a deployment record still uses it.
+    """
+    stage_tag = f"{engine.BUILD_STAGE_REPOSITORY}:{engine.tag_safe(tag)}"
+    displaced = [found for found in (engine.image_info(client, tag), engine.image_info(client, stage_tag)) if found]
+    engine.build_image(client, directory, stage_tag, network_mode="none", progress=progress, target="build")
+    image = engine.build_image(client, directory, tag, network_mode="none", progress=progress)
+    kept = {image.id, getattr(engine.image_info(client, stage_tag), "id", "")}
+    for record in records.list_records(settings):
+        kept.update(i for i in (record.image_id, record.previous_image) if i)
+    for old in displaced:
+        if old.id not in kept:
+            engine.remove_image_if_unused(client, old.id)
+    return image
 
 
 def default_name(settings: Settings, name: str | None) -> str:
@@ -86,6 +106,12 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     for record in found:
         entry = record.to_dict()
         entry.pop("run", None)
+        entry.pop("previous_run", None)
+        if client is not None and record.target == "docker" and record.replicas:
+            live_states = [getattr(engine.container(client, cid), "status", "missing") for cid in record.replicas]
+            entry["replicas_running"] = sum(1 for s in live_states if s == "running")
+            if record.balancer:
+                entry["balancer_state"] = getattr(engine.container(client, record.balancer), "status", "missing")
         if client is not None and record.target == "docker" and record.container_id:
             live = engine.container(client, record.container_id)
             if live is None:
@@ -130,9 +156,7 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
     """Stop and remove a deployment's container (docker) or stack (compose); the record stays for rollback."""
     record = record_or_error(settings, name)
     if record.target == "docker":
-        client = engine.docker_client()
-        engine.remove_container(client, record.container_id or record.name)
-        engine.remove_container(client, record.name)
+        docker.stop(settings, record)
     elif record.target == "compose":
         # Containers, anonymous volumes and the network, also of a start that failed half-way.
         compose.stop_compose(settings, record)
@@ -143,10 +167,11 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
         )
     record.status = "stopped"
     record.container_id = None
+    record.replicas = []
     records.save(settings, record)
     return record
 
 
-def rollback(settings: Settings, name: str) -> DeploymentRecord:
-    """Run the previous image of a deployment again, exactly as it ran (see :func:`targets.docker.rollback`)."""
-    return docker.rollback(settings, name)
+def rollback(settings: Settings, name: str, *, progress: Progress | None = None) -> DeploymentRecord:
+    """Roll the previous image of a deployment out again, exactly as it ran (:func:`targets.docker.rollback`)."""
+    return docker.rollback(settings, name, progress=progress)

@@ -56,6 +56,12 @@ class DeploymentRecord:
     # The run spec that belongs to previous_image (its own model ref and env): a rollback must run the
     # previous image exactly as it ran before, not with the current image's env (issue 14, item 1).
     previous_run: dict[str, Any] = field(default_factory=dict)
+    # docker target: the server replicas' container IDs, the balancer's container name and stats page,
+    # and the deployment's network.
+    replicas: list[str] = field(default_factory=list)
+    balancer: str | None = None
+    stats_url: str | None = None
+    network: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -194,9 +194,14 @@ def stack(
         _cleanup(docker_client, name, project)
         from docker.errors import APIError, ImageNotFound
 
+        from prodai_cli.deploy import containers
+
         for tag in deployed.tags:
             with contextlib.suppress(ImageNotFound, APIError):
                 docker_client.images.remove(tag, force=True, noprune=True)
+            # The build stage prodai tags beside each image (the next build's cache): ours go too.
+            with contextlib.suppress(ImageNotFound, APIError):
+                docker_client.images.remove(f"{containers.BUILD_STAGE_REPOSITORY}:{containers.tag_safe(tag)}")
 
 
 def test_balancer_spreads_requests_over_both_replicas_and_replicas_see_the_real_client(
@@ -241,7 +246,7 @@ def test_balancer_spreads_requests_over_both_replicas_and_replicas_see_the_real_
     entries = status.json()
     assert isinstance(entries, list)
     entry = next(e for e in entries if e["name"] == stack.name)
-    assert entry["state"] == "running" and entry["replicas"] == 2, entry
+    assert entry["state"] == "running" and entry["replicas_running"] == 2, entry
     logs = run_cli("deploy", "logs", stack.name, "--tail", "5", cwd=stack.project, env=stack.env)
     assert logs.exit_code == 0, logs.stderr
     assert all(f"--- {s.name}" in logs.stdout for s in servers), logs.stdout[-2000:]

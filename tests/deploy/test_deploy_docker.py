@@ -1,7 +1,8 @@
 """`prodai deploy` against a real Docker engine: build offline, run, answer, follow ab-set live, roll back, stop.
 
 One deployment serves the module's tests in order (building and starting a container costs tens of
-seconds); the last test stops it, and the fixture's teardown removes anything left.
+seconds); the last test stops it, and the fixture's teardown removes anything left. Every redeploy and
+rollback runs with a client sending predictions throughout (issue 14: a change never takes it dark).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import free_port, run_cli
+from helpers import Traffic, free_port, run_cli
 
 # The first deploy on an empty layer cache builds the runtime (minutes): more than the default per-test timeout.
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -49,6 +50,25 @@ def remove_images(client: Any, *tags: str) -> None:
     for tag in tags:
         with contextlib.suppress(ImageNotFound, APIError):
             client.images.remove(tag, force=True, noprune=True)
+
+
+def _record(deployment: dict[str, Any]) -> dict[str, Any]:
+    path = deployment["project"] / ".prodai" / "deployments" / f"{deployment['name']}.json"
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _server(deployment: dict[str, Any], docker_client: Any) -> Any:
+    """The deployment's (first) server replica container, from its record."""
+    return docker_client.containers.get(_record(deployment)["container_id"])
+
+
+def _leftovers(docker_client: Any, name: str) -> list[str]:
+    """Containers and networks of deployment ``name`` the engine still has."""
+    containers = docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"})
+    networks = [n.name for n in docker_client.networks.list() if n.name == f"{name}-net"]
+    return [c.name for c in containers] + networks
 
 
 def _predict(url: str, text: str = "hello world", user: str = "user-1") -> dict[str, Any]:
@@ -95,7 +115,9 @@ def deployment(
     finally:
         from prodai_cli.deploy import containers as engine
 
-        engine.remove_container(docker_client, name, timeout_s=5)
+        for container in docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"}):
+            engine.remove_container(docker_client, container.id, timeout_s=5)
+        engine.remove_network(docker_client, f"{name}-net")
         remove_images(docker_client, f"prodai-test-clf:{port}", f"prodai-test-clf2:{port}", f"prodai-test-clf1:{port}")
 
 
@@ -113,7 +135,14 @@ def test_deploy_builds_runs_and_answers(deployment: Any, docker_client: Any) -> 
     record = json.loads((deployment["project"] / ".prodai" / "deployments" / f"{deployment['name']}.json").read_text())
     for key in ("name", "url", "model", "version", "target", "image", "container_id", "previous_image", "created"):
         assert key in record
-    assert record["container_id"] == docker_client.containers.get(deployment["name"]).id
+    # Replicas behind the deployment's balancer, on its own network; only the balancer holds the port.
+    server = docker_client.containers.get(record["container_id"])
+    assert server.name.startswith(f"{deployment['name']}-") and server.labels["prodai.role"] == "server"
+    lb = docker_client.containers.get(f"{deployment['name']}-lb")
+    assert lb.labels["prodai.role"] == "balancer"
+    assert set(lb.attrs["NetworkSettings"]["Networks"]) == {f"{deployment['name']}-net"}
+    assert f"{deployment['name']}-net" in server.attrs["NetworkSettings"]["Networks"]
+    assert lb.attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostPort"] == str(deployment["port"])
     # The image says what it holds.
     image = docker_client.images.get(record["image"])
     assert image.labels["prodai.model"] == "clf"
@@ -142,7 +171,7 @@ def test_image_holds_no_mlflow_and_no_wheelhouse(deployment: Any, docker_client:
 def test_ab_set_on_the_host_reaches_the_containers_config_live(deployment: Any, docker_client: Any) -> None:
     import yaml
 
-    container = docker_client.containers.get(deployment["name"])
+    container = _server(deployment, docker_client)
     result = run_cli("ab-set", "v1=0", "v2=1", cwd=deployment["project"], env=deployment["env"])
     assert result.exit_code == 0, result.stderr
     # ab-set replaced the file (a new inode); the container must see the new one at once, unrestarted.
@@ -158,7 +187,7 @@ def test_ab_set_on_the_host_reaches_the_containers_config_live(deployment: Any, 
 
 def test_ab_set_changes_the_containers_routing_without_restart(deployment: Any, docker_client: Any) -> None:
     url = f"http://127.0.0.1:{deployment['port']}"
-    container = docker_client.containers.get(deployment["name"])
+    container = _server(deployment, docker_client)
     started_at = container.attrs["State"]["StartedAt"]
     result = run_cli("ab-set", "v1=0", "v2=1", cwd=deployment["project"], env=deployment["env"])
     assert result.exit_code == 0, result.stderr
@@ -188,7 +217,7 @@ def test_status_and_logs(deployment: Any) -> None:
 
 def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, docker_client: Any) -> None:
     project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
-    first_image = docker_client.containers.get(name).image.id
+    first_image = _server(deployment, docker_client).image.id
     second = run_cli(
         "deploy",
         "--model",
@@ -209,29 +238,79 @@ def test_redeploy_then_rollback_restores_the_previous_image(deployment: Any, doc
     assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "2"
     rolled = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
     assert rolled.exit_code == 0, rolled.stderr[-4000:]
-    assert docker_client.containers.get(name).image.id == first_image
+    assert _server(deployment, docker_client).image.id == first_image
     assert rolled.json()["image_id"] == first_image  # type: ignore[index]
     assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).status_code == 200
 
 
 def test_rollback_runs_the_previous_image_as_it_ran(deployment: Any, docker_client: Any) -> None:
-    """Issue 14: v2 pinned, then v1 pinned, then rollback: the v2 image must serve v2 (it holds nothing else)."""
+    """Issue 14: v2, then v1 over it, then rollback (v2 again), then rollback (v1): a client sends
+    predictions throughout and not one fails; every step ends answering the expected version."""
     project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
-    for version, tag in ((2, f"prodai-test-clf2:{port}"), (1, f"prodai-test-clf1:{port}")):
-        result = run_cli(
-            "deploy", "--model", f"clf/{version}", "--port", str(port), "--name", name, "--tag", tag, "--json",
-            cwd=project, env=env, timeout=900,
-        )  # fmt: skip
-        assert result.exit_code == 0, result.stderr[-4000:]
-        assert _predict(f"http://127.0.0.1:{port}")["model_version"] == str(version)
-    rolled = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
-    assert rolled.exit_code == 0, rolled.stderr[-4000:]
-    assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "2"
-    assert rolled.json()["run"]["environment"]["PRODAI_SERVING__MODEL"] == "clf/2"  # type: ignore[index]
-    # And back again: the rolled-back record remembers how the v1 image ran.
-    again = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
-    assert again.exit_code == 0, again.stderr[-4000:]
-    assert _predict(f"http://127.0.0.1:{port}")["model_version"] == "1"
+    url = f"http://127.0.0.1:{port}"
+    with Traffic(url) as traffic:
+        for version, tag in ((2, f"prodai-test-clf2:{port}"), (1, f"prodai-test-clf1:{port}")):
+            result = run_cli(
+                "deploy", "--model", f"clf/{version}", "--port", str(port), "--name", name, "--tag", tag, "--json",
+                cwd=project, env=env, timeout=900,
+            )  # fmt: skip
+            assert result.exit_code == 0, result.stderr[-4000:]
+            assert _predict(url)["model_version"] == str(version)
+        rolled = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
+        assert rolled.exit_code == 0, rolled.stderr[-4000:]
+        assert _predict(url)["model_version"] == "2"
+        assert rolled.json()["run"]["environment"]["PRODAI_SERVING__MODEL"] == "clf/2"  # type: ignore[index]
+        # And back again: the rolled-back record remembers how the v1 image ran.
+        again = run_cli("deploy", "rollback", name, "--json", cwd=project, env=env, timeout=600)
+        assert again.exit_code == 0, again.stderr[-4000:]
+        assert _predict(url)["model_version"] == "1"
+    print(f"\nroll-outs (deploy v2, v1, rollback x2): {len(traffic.failures)} of {traffic.total} requests failed")
+    assert traffic.failures == [], f"{len(traffic.failures)} of {traffic.total} failed: {traffic.failures[:5]}"
+    assert traffic.total >= 100 and {"1", "2"} <= set(traffic.versions)
+    # One replica serves after each change: the old ones were retired, not left running.
+    servers = docker_client.containers.list(filters={"label": [f"prodai.deployment={name}", "prodai.role=server"]})
+    assert [s.id for s in servers] == [_record(deployment)["container_id"]]
+    # The image a rollback would run is tagged (never dangling), and the builds left no dangling stage.
+    assert docker_client.images.get(f"prodai-rollback:{name}").id == _record(deployment)["previous_image"]
+    deployment["images"] = {_record(deployment)["image_id"], _record(deployment)["previous_image"]}
+
+
+def test_redeploy_that_cannot_load_its_model_keeps_the_old_version_serving(deployment: Any, docker_client: Any) -> None:
+    """Issue 14: an image whose weights are corrupt: exit 1 with its log lines; v1 keeps answering, 0 failures."""
+    project, port, name, env = deployment["project"], deployment["port"], deployment["name"], deployment["env"]
+    url = f"http://127.0.0.1:{port}"
+    good = _record(deployment)
+    broken_tag = f"prodai-test-corrupt:{port}"
+    corrupt = deployment["project"] / "corrupt-build"
+    corrupt.mkdir()
+    (corrupt / "Dockerfile").write_text(
+        f"FROM {good['image_id']}\nUSER root\n"
+        "RUN find /app/.prodai/models -name '*.safetensors' -exec sh -c 'echo corrupt > \"$1\"' _ {} \\; \\\n"
+        " && find /app/.prodai/models -name '*.safetensors' | grep -q . \\\n"
+        " && ! find /app/.prodai/models -name '*.safetensors' -size +1k | grep -q .\n"
+        "USER 10001:10001\n"
+    )
+    docker_client.images.build(path=str(corrupt), tag=broken_tag, network_mode="none", rm=True)
+    try:
+        with Traffic(url) as traffic:
+            time.sleep(0.5)
+            result = run_cli(
+                "deploy", "--model", "clf/1", "--no-build", "--port", str(port), "--name", name,
+                "--tag", broken_tag, cwd=project, env={**env, "PRODAI_DEPLOY__READINESS_TIMEOUT_S": "90"}, timeout=600,
+            )  # fmt: skip
+            time.sleep(0.5)
+        assert result.exit_code == 1, result.stdout + result.stderr
+        assert "last log lines" in result.stderr and '"level"' in result.stderr  # the new container's own log
+        assert traffic.failures == [], f"{len(traffic.failures)} of {traffic.total} failed: {traffic.failures[:5]}"
+        assert traffic.ok >= 10 and set(traffic.versions) == {"1"}
+        # The old replica still serves, nothing of the failed one is left, and the record is unchanged.
+        assert _record(deployment)["container_id"] == good["container_id"]
+        servers = docker_client.containers.list(
+            all=True, filters={"label": [f"prodai.deployment={name}", "prodai.role=server"]}
+        )
+        assert [s.id for s in servers] == [good["container_id"]]
+    finally:
+        remove_images(docker_client, broken_tag)
 
 
 def test_stop_removes_the_container(deployment: Any, docker_client: Any) -> None:
@@ -240,8 +319,14 @@ def test_stop_removes_the_container(deployment: Any, docker_client: Any) -> None
     result = run_cli("deploy", "stop", deployment["name"], "--json", cwd=deployment["project"], env=deployment["env"])
     assert result.exit_code == 0, result.stderr
     with pytest.raises(NotFound):
-        docker_client.containers.get(deployment["name"])
+        docker_client.containers.get(f"{deployment['name']}-lb")
     assert result.json()["status"] == "stopped"  # type: ignore[index]
+    # Nothing of the deployment is left: no container (replicas, balancer), no network, no dangling image
+    # (build stages are tagged as the next build's cache; the images a rollback needs are tagged too).
+    assert _leftovers(docker_client, deployment["name"]) == []
+    dangling = {i.id for i in docker_client.images.list(filters={"dangling": True})}
+    assert not dangling & deployment.get("images", set())
+    assert docker_client.images.list(filters={"dangling": True, "label": "prodai.stage=build"}) == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{deployment['port']}/health/ready", timeout=3)
 
@@ -276,9 +361,8 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
         assert "last log lines" in result.stderr
         # The tail is the container's own output: the server's JSON log lines.
         assert '"level"' in result.stderr
-        from prodai_cli.deploy import containers as engine
-
-        assert engine.container(docker_client, name) is None  # the failed container was removed
+        # The failed first deploy left nothing: no replica, no balancer, no network.
+        assert _leftovers(docker_client, name) == []
     finally:
         from prodai_cli.deploy import containers as engine
 
@@ -291,7 +375,7 @@ def test_build_with_networking_disabled(
 ) -> None:
     from prodai_cli.config import load_settings
     from prodai_cli.deploy import containers as engine
-    from prodai_cli.deploy.context import assemble
+    from prodai_cli.deploy.build_context import assemble
     from prodai_cli.deploy.plan import plan_deployment
 
     monkeypatch.setenv("PRODAI_CACHE_DIR", str(wheel_cache))

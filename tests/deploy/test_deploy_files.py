@@ -17,8 +17,8 @@ import yaml
 from helpers import run_cli
 
 from prodai_cli.config import load_settings
-from prodai_cli.deploy import records
-from prodai_cli.deploy.context import dockerfile_text
+from prodai_cli.deploy import balancer, records
+from prodai_cli.deploy.build_context import dockerfile_text
 from prodai_cli.deploy.plan import plan_deployment
 from prodai_cli.deploy.targets import compose as compose_target
 from prodai_cli.deploy.targets import docker, k8s
@@ -67,6 +67,7 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         rendered[relative] = text
     for relative, text in k8s.k8s_manifests(ab_plan, image="img:1").items():
         rendered[f"k8s/{relative}"] = text
+    rendered["haproxy.cfg.j2"] = balancer.config_text(backend_port=8000)
     # Every packaged template was exercised by the renders above.
     produced = {
         "Dockerfile.j2",
@@ -371,3 +372,29 @@ def test_local_service_images_come_from_debian_packages_tagged_by_their_dockerfi
     tag = services.image_tag(services.REDIS, "prodai-base:bookworm")
     assert tag.startswith("prodai-redis:") and tag == services.image_tag(services.REDIS, "prodai-base:bookworm")
     assert tag != services.image_tag(services.REDIS, "debian:bookworm")
+
+
+@pytest.mark.docker
+def test_balancer_config_is_valid_haproxy_and_hides_client_forwarding_headers(docker_client: Any) -> None:
+    """The rendered HAProxy config passes `haproxy -c` in the balancer image prodai builds from Debian's package,
+    and it replaces (never forwards) a client's own X-Forwarded-For/Forwarded headers."""
+    from prodai_cli.deploy import containers
+
+    text = balancer.config_text(backend_port=8000, slots=4)
+    assert "http-request del-header X-Forwarded-For" in text and "option forwardfor" in text
+    assert text.index("del-header X-Forwarded-For") < text.index("option forwardfor")
+    assert "server-template replica 1-4 server:8000" in text and "http-check send meth GET uri /health/ready" in text
+    image = balancer.ensure_image(docker_client, base_image="prodai-base:bookworm")
+    assert containers.image_info(docker_client, image) is not None
+    check = ["/bin/sh", "-c", f'printf "%s\\n" "${balancer.CONFIG_ENV}" > /tmp/h.cfg && haproxy -c -f /tmp/h.cfg']
+    output = docker_client.containers.run(
+        image, check, environment={balancer.CONFIG_ENV: text}, remove=True, stderr=True, network_mode="none"
+    )
+    assert b"Configuration file is valid" in output
+    broken = text.replace("backend servers", "backend servers\n    no-such-keyword 1")
+    from docker.errors import ContainerError
+
+    with pytest.raises(ContainerError):
+        docker_client.containers.run(
+            image, check, environment={balancer.CONFIG_ENV: broken}, remove=True, stderr=True, network_mode="none"
+        )

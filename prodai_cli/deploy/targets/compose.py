@@ -341,12 +341,12 @@ def _logs(client: Any, ids: Sequence[str], lines: int = 20) -> str:
 
 
 def stack_state(client: Any, record: DeploymentRecord) -> dict[str, Any]:
-    """The live state of a compose deployment: ``state`` and how many server replicas are running."""
+    """The live state of a compose deployment: ``state`` and ``replicas_running`` (server containers)."""
     running = [c for c in stack_containers(client, record.name, SERVER_SERVICE) if c.status == "running"]
     state = record.status
     if record.status == "running" and not running:
         state = "missing"
-    return {"state": state, "replicas": len(running)}
+    return {"state": state, "replicas_running": len(running)}
 
 
 def stack_logs(client: Any, name: str, lines: int = 100) -> str:

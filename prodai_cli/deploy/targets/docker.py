@@ -1,13 +1,28 @@
-"""The docker target: the server in one container on a host port, and its rollback."""
+"""The docker target: server replicas behind a load balancer on one host port; redeploy and rollback.
+
+The layout of deployment NAME: a user network ``NAME-net``; server containers ``NAME-<hex>`` on it, each
+with the network alias ``server`` (and its port on an ephemeral loopback port, for prodai's own checks);
+the balancer ``NAME-lb`` (HAProxy, :mod:`prodai_cli.deploy.balancer`) publishing ``deploy.host:port``.
+
+Every change of a running deployment (redeploy, rollback, ship's promotion) is the same roll-out: start
+the new replicas, wait until each is ready and answers a real prediction, wait until the balancer sends
+them traffic, and only then stop the old ones (SIGTERM: a replica answers 503 on /health/ready for
+``serving.drain_delay_s`` while it still serves, so the balancer stops routing to it before its socket
+closes). If the new replicas fail, they are removed and the old ones never stopped serving.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import secrets
 import stat
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prodai_cli.deploy import balancer, readiness, records
 from prodai_cli.deploy import containers as engine
-from prodai_cli.deploy import records
 from prodai_cli.deploy.outcome import DeployResult, Progress, display_host, record_or_error
 from prodai_cli.deploy.plan import CONTAINER_PORT, CONTAINER_UID, DeployPlan
 from prodai_cli.deploy.records import DeploymentRecord
@@ -71,6 +86,42 @@ def config_mounts(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, s
     )
 
 
+ROLE_SERVER = "server"
+ROLE_BALANCER = "balancer"
+ROLLBACK_REPOSITORY = "prodai-rollback"
+PROBE_TEXT = "prodai deploy readiness probe"
+KEY_ACCEPT_WAIT_S = 5.0
+
+
+def balancer_name(name: str) -> str:
+    """The balancer container of deployment ``name``."""
+    return f"{name}-lb"
+
+
+def network_name(name: str) -> str:
+    """The user network of deployment ``name``."""
+    return f"{name}-net"
+
+
+def server_spec(settings: Settings, plan: DeployPlan, image: engine.BuiltImage) -> engine.RunSpec:
+    """What a server replica of ``plan`` runs (image, env, mounts, user); placement is added at start."""
+    deploy_config = settings.config.deploy
+    mounts, environment, user = config_mounts(settings)
+    return engine.RunSpec(
+        name=plan.name,
+        image=image.id,
+        host="127.0.0.1",
+        port=None,
+        container_port=CONTAINER_PORT,
+        environment={**plan.environment, **environment},
+        mounts=mounts,
+        restart_policy=deploy_config.restart_policy,
+        gpu=plan.gpu,
+        user=user,
+        labels={"prodai.model": plan.model, "prodai.serving-version": str(plan.version)},
+    )
+
+
 def deploy_docker(
     settings: Settings,
     plan: DeployPlan,
@@ -81,41 +132,31 @@ def deploy_docker(
     port: int | None,
     progress: Progress | None,
 ) -> DeployResult:
-    """Run the built image as the deployment's container and wait until it is ready."""
+    """Roll the built image out as deployment ``plan.name`` (new replicas ready before old ones stop).
+
+    Raises:
+        DeployError: The new replicas did not become ready or failed the probe (the old ones keep serving;
+            the message ends with the new container's log lines).
+
+    """
     say = progress or (lambda _line: None)
     deploy_config = settings.config.deploy
     host_port = port or deploy_config.port
-    mounts, environment, user = config_mounts(settings)
-    spec = engine.RunSpec(
+    spec = server_spec(settings, plan, image)
+    before = records.load(settings, plan.name)
+    url = f"http://{display_host(deploy_config.host)}:{host_port}"
+    rolled = roll_out(
+        settings,
+        client,
         name=plan.name,
-        image=image.id,
+        spec=spec,
         host=deploy_config.host,
         port=host_port,
-        container_port=CONTAINER_PORT,
-        environment={**plan.environment, **environment},
-        mounts=mounts,
-        restart_policy=deploy_config.restart_policy,
-        gpu=plan.gpu,
-        user=user,
-        labels={"prodai.model": plan.model, "prodai.serving-version": str(plan.version)},
+        replicas=deploy_config.replicas,
+        expected_versions=set(plan.versions),
+        say=say,
     )
-    before = records.load(settings, plan.name)
-    existing = engine.container(client, plan.name)
-    previous_image = str(existing.image.id) if existing is not None else (before.image_id if before else None)
-    if existing is not None:
-        say(f"Replacing the running container {plan.name}")
-        engine.remove_container(client, plan.name)
-    url = f"http://{display_host(spec.host)}:{host_port}"
-    say(f"Starting {plan.name} on {url}")
-    container_id = engine.run_container(client, spec)
-    try:
-        waited = engine.wait_ready(client, container_id, url, deploy_config.readiness_timeout_s)
-    except DeployError as exc:
-        engine.remove_container(client, container_id, timeout_s=5)
-        restored = _restore(client, before, existing is not None, deploy_config.readiness_timeout_s)
-        if restored:
-            exc.message += f"\nThe previous deployment ({before.image if before else '?'}) was started again."
-        raise
+    previous_id = before.image_id if before is not None and before.image_id != image.id else None
     record = DeploymentRecord(
         name=plan.name,
         url=url,
@@ -123,8 +164,8 @@ def deploy_docker(
         version=plan.version,
         target="docker",
         image=plan.tag,
-        container_id=container_id,
-        previous_image=previous_image if previous_image != image.id else (before.previous_image if before else None),
+        container_id=rolled.replicas[0],
+        previous_image=previous_id or (before.previous_image if before else None),
         created=records.now_iso(),
         image_id=image.id,
         versions=plan.versions,
@@ -133,14 +174,247 @@ def deploy_docker(
         image_size_bytes=image.size_bytes,
         run=spec.to_dict(),
         previous_run=_previous_run(before, image.id),
+        replicas=rolled.replicas,
+        balancer=rolled.balancer,
+        stats_url=rolled.stats_url,
+        network=rolled.network,
     )
     records.save(settings, record)
+    _keep_rollback_image(client, record, before)
     steps = [
         *predict_hint(settings, url),
         f"prodai deploy logs {plan.name}",
         f"prodai loadtest --url {url}",
     ]
-    return DeployResult(record, plan, context_dir, image, ready_after_s=waited, started=True, next_steps=steps)
+    return DeployResult(record, plan, context_dir, image, ready_after_s=rolled.waited_s, started=True, next_steps=steps)
+
+
+class RolledOut:
+    """What :func:`roll_out` started."""
+
+    def __init__(self, replicas: list[str], balancer: str, stats_url: str, network: str, waited_s: float) -> None:
+        self.replicas = replicas
+        self.balancer = balancer
+        self.stats_url = stats_url
+        self.network = network
+        self.waited_s = waited_s
+
+
+def roll_out(
+    settings: Settings,
+    client: Any,
+    *,
+    name: str,
+    spec: engine.RunSpec,
+    host: str,
+    port: int,
+    replicas: int,
+    expected_versions: set[int],
+    say: Progress,
+) -> RolledOut:
+    """Start ``replicas`` new servers from ``spec`` behind the balancer, then retire the old ones.
+
+    Raises:
+        DeployError: A new replica did not become ready, failed the prediction probe, or the balancer did
+            not take it; the new replicas are removed and the old ones keep serving.
+
+    """
+    deploy_config = settings.config.deploy
+    timeout_s = deploy_config.readiness_timeout_s
+    started = time.monotonic()
+    network, subnet = engine.ensure_network(client, network_name(name), name)
+    old = [c for c in engine.deployment_containers(client, name, ROLE_SERVER)]
+    legacy = _legacy_container(client, name)
+    new_ids: list[str] = []
+    try:
+        for _ in range(replicas):
+            placed = _placed(settings, spec, name, network, subnet)
+            say(f"Starting replica {placed.name}")
+            new_ids.append(engine.run_container(client, placed))
+        for container_id in new_ids:
+            direct = f"http://127.0.0.1:{engine.published_port(client, container_id, CONTAINER_PORT)}"
+            engine.wait_ready(client, container_id, direct, timeout_s)
+            say(f"Replica {container_id[:12]} is ready; sending a real prediction")
+            _probe(settings, client, container_id, direct, expected_versions)
+        lb, stats_url = _ensure_balancer(settings, client, name, network, host, port, legacy, say)
+        addresses = {engine.container_address(client, cid, network) or "" for cid in new_ids}
+        say("Waiting until the load balancer sends the new replicas traffic")
+        balancer.wait_in_rotation(stats_url, addresses, min(timeout_s, 60.0))
+    except DeployError:
+        for container_id in new_ids:
+            engine.remove_container(client, container_id, timeout_s=5)
+        if not old and legacy is None:
+            # Nothing ran before: leave nothing behind either.
+            engine.remove_container(client, balancer_name(name), timeout_s=5)
+            engine.remove_network(client, network)
+        raise
+    drain_s = int(settings.config.serving.drain_delay_s + settings.config.serving.grace_period_s + 5)
+    for container in old:
+        if container.id in new_ids:
+            continue
+        say(f"Retiring {container.name} (it drains for serving.drain_delay_s first)")
+        engine.remove_container(client, container.id, timeout_s=drain_s)
+    return RolledOut(new_ids, lb, stats_url, network, time.monotonic() - started)
+
+
+def _placed(settings: Settings, spec: engine.RunSpec, name: str, network: str, subnet: str | None) -> engine.RunSpec:
+    """``spec`` as replica of ``name``: its own container name, on the network, trusting the balancer."""
+    environment = dict(spec.environment)
+    if subnet:
+        # The balancer is the replicas' proxy: trust its X-Forwarded-For (it drops the client's own), so
+        # per-IP limits and logs see the real client. Only the balancer reaches the network's addresses
+        # (and the host, whose bridge address is in the subnet too).
+        trusted = [*settings.config.rate_limit.trusted_proxies, subnet]
+        environment["PRODAI_RATE_LIMIT__TRUSTED_PROXIES"] = json.dumps(list(dict.fromkeys(trusted)))
+    labels = {**spec.labels, engine.DEPLOYMENT_LABEL: name, engine.ROLE_LABEL: ROLE_SERVER}
+    return engine.RunSpec.from_dict(
+        {
+            **spec.to_dict(),
+            "name": f"{name}-{secrets.token_hex(3)}",
+            "host": "127.0.0.1",
+            "port": None,
+            "environment": environment,
+            "labels": labels,
+            "network": network,
+            "aliases": [balancer.BACKEND_ALIAS],
+        }
+    )
+
+
+def _legacy_container(client: Any, name: str) -> Any | None:
+    """A server container of a deployment made before the balancer (it runs as NAME on the port)."""
+    found = engine.container(client, name)
+    if found is None or found.labels.get(engine.ROLE_LABEL):
+        return None
+    return found
+
+
+def _ensure_balancer(
+    settings: Settings, client: Any, name: str, network: str, host: str, port: int, legacy: Any | None, say: Progress
+) -> tuple[str, str]:
+    """The running balancer of ``name`` on ``host:port`` (started, or replaced when its port changed)."""
+    deploy_config = settings.config.deploy
+    image = balancer.ensure_image(
+        client, base_image=deploy_config.base_image, image=deploy_config.balancer_image, progress=say
+    )
+    lb_name = balancer_name(name)
+    found = engine.container(client, lb_name)
+    if found is not None:
+        bound = engine.published_port(client, lb_name, balancer.LISTEN_PORT)
+        wanted = engine.image_info(client, image)
+        if found.status == "running" and bound == port and wanted is not None and found.image.id == wanted.id:
+            return lb_name, _stats_url(client, lb_name)
+        say(f"Replacing the load balancer {lb_name} (its port or image changed)")
+        engine.remove_container(client, lb_name, timeout_s=5)
+    if legacy is not None:
+        # Deployed before prodai had a balancer: its container holds the port, so this one switch-over
+        # has a gap of about a second.
+        say(f"Retiring {legacy.name}, deployed before the load balancer")
+        engine.remove_container(client, legacy.id, timeout_s=10)
+    serving = settings.config.serving
+    spec = engine.RunSpec(
+        name=lb_name,
+        image=image,
+        host=host,
+        port=port,
+        container_port=balancer.LISTEN_PORT,
+        environment={
+            balancer.CONFIG_ENV: balancer.config_text(
+                backend_port=CONTAINER_PORT,
+                slots=max(16, 2 * deploy_config.replicas),
+                request_timeout_s=serving.request_read_timeout_s,
+                server_timeout_s=max(60.0, serving.grace_period_s + 30),
+            )
+        },
+        restart_policy=deploy_config.restart_policy,
+        labels={engine.DEPLOYMENT_LABEL: name, engine.ROLE_LABEL: ROLE_BALANCER},
+        network=network,
+        command=balancer.COMMAND,
+        extra_ports={str(balancer.STATS_PORT): ["127.0.0.1", None]},
+    )
+    say(f"Starting the load balancer {lb_name} on {host}:{port}")
+    engine.run_container(client, spec)
+    stats_url = _stats_url(client, lb_name)
+    public = f"http://{display_host(host)}:{port}"
+    try:
+        readiness.wait_ready(public, 30.0)
+    except readiness.NotReady as exc:
+        raise DeployError(
+            f"The load balancer did not answer: {exc.message}\n" + engine.logs_tail(client, lb_name)
+        ) from None
+    return lb_name, stats_url
+
+
+def _stats_url(client: Any, lb_name: str) -> str:
+    return f"http://127.0.0.1:{engine.published_port(client, lb_name, balancer.STATS_PORT)}"
+
+
+def _probe(settings: Settings, client: Any, container_id: str, url: str, expected_versions: set[int]) -> None:
+    """Send the new replica one real prediction; a 5xx, an error or a version it should not serve fails it.
+
+    ``expected_versions`` are the versions the image holds (A/B routing, live, picks among them).
+
+    With auth on (the default) a temporary key is created in the project's keys (the replica reads them
+    live) and deleted after; where none can reach the replica, /health/ready (a warmed model) must do.
+    """
+    import httpx
+
+    from prodai_cli.errors import ProdaiError
+
+    headers: dict[str, str] = {}
+    created_name: str | None = None
+    auth = settings.config.auth
+    if auth.enabled:
+        if settings.path is None:
+            return
+        from prodai_cli.keys import create_key
+
+        created_name = f"prodai-deploy-probe-{secrets.token_hex(4)}"
+        try:
+            headers[auth.header] = create_key(settings, created_name, ["predict"], expires_days=1).key
+        except ProdaiError:
+            return
+    try:
+        deadline = time.monotonic() + KEY_ACCEPT_WAIT_S
+        while True:
+            try:
+                response = httpx.post(f"{url}/predict", json={"text": PROBE_TEXT}, headers=headers, timeout=30)
+            except httpx.HTTPError as exc:
+                raise DeployError(
+                    f"The new replica did not answer a prediction ({type(exc).__name__}). Its last log lines:\n"
+                    + engine.logs_tail(client, container_id)
+                ) from None
+            if response.status_code == 401 and created_name and time.monotonic() < deadline:
+                time.sleep(0.25)  # the replica re-reads the keys file at most once a second
+                continue
+            break
+        if response.status_code >= 500:
+            raise DeployError(
+                f"The new replica answered a prediction with HTTP {response.status_code}: {response.text[:300]}. "
+                "Its last log lines:\n" + engine.logs_tail(client, container_id)
+            )
+        answered = response.headers.get("x-model-version")
+        allowed = {str(v) for v in expected_versions}
+        if response.status_code == 200 and allowed and answered is not None and answered not in allowed:
+            raise DeployError(
+                f"The new replica answered with version {answered}; its image holds {', '.join(sorted(allowed))}"
+            )
+    finally:
+        if created_name is not None:
+            from prodai_cli.keys import delete_key
+
+            with contextlib.suppress(ProdaiError):
+                delete_key(settings, created_name)
+
+
+def _keep_rollback_image(client: Any, record: DeploymentRecord, before: DeploymentRecord | None) -> None:
+    """Tag the image a rollback would run (never a dangling image); drop the one it replaces as target."""
+    tag = record.name.lower()[:128]
+    displaced = engine.image_info(client, f"{ROLLBACK_REPOSITORY}:{tag}")
+    if record.previous_image:
+        engine.tag_image(client, record.previous_image, ROLLBACK_REPOSITORY, tag)
+    if displaced is not None and displaced.id not in {record.previous_image, record.image_id}:
+        engine.remove_image_if_unused(client, displaced.id)
 
 
 def _rollback_spec(record: DeploymentRecord, previous: engine.BuiltImage) -> engine.RunSpec:
@@ -161,19 +435,6 @@ def _rollback_spec(record: DeploymentRecord, previous: engine.BuiltImage) -> eng
     return engine.RunSpec.from_dict(run)
 
 
-def _restore(client: Any, before: DeploymentRecord | None, was_running: bool, timeout_s: float) -> bool:
-    """After a failed replacement, start the deployment that ran before (best effort)."""
-    if not was_running or before is None or not before.run or not before.image_id:
-        return False
-    try:
-        spec = engine.RunSpec.from_dict({**before.run, "image": before.image_id})
-        container_id = engine.run_container(client, spec)
-        engine.wait_ready(client, container_id, before.url, timeout_s)
-    except (DeployError, TypeError):
-        return False
-    return True
-
-
 def _previous_run(before: DeploymentRecord | None, new_image_id: str) -> dict[str, Any]:
     """The run spec of the image a redeploy replaces, kept so a rollback runs it as it ran."""
     if before is None:
@@ -184,8 +445,11 @@ def _previous_run(before: DeploymentRecord | None, new_image_id: str) -> dict[st
     return dict(before.previous_run)
 
 
-def rollback(settings: Settings, name: str) -> DeploymentRecord:
-    """Run the previous image of a docker deployment again, the way the current one runs.
+def rollback(settings: Settings, name: str, *, progress: Progress | None = None) -> DeploymentRecord:
+    """Roll the previous image of a docker deployment out again, exactly as it ran before.
+
+    The same roll-out as a redeploy: the previous image's replicas must be ready and answer a prediction
+    before the current ones stop, so a rollback that fails leaves the current deployment serving.
 
     Raises:
         DeployError: No previous image, the engine lost it, or it does not become ready.
@@ -201,24 +465,21 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
     if previous is None:
         raise DeployError(f"The engine no longer has the previous image {record.previous_image[:19]}")
     spec = _rollback_spec(record, previous)
-    timeout_s = settings.config.deploy.readiness_timeout_s
-    # One host port: the current container must go before the previous image can bind it. If the previous
-    # image does not become ready, the current deployment is started again: a rollback never leaves the
-    # deployment down.
-    was_running = engine.container(client, record.name) is not None
-    engine.remove_container(client, record.container_id or record.name)
-    engine.remove_container(client, record.name)
-    try:
-        container_id = engine.run_container(client, spec)
-        engine.wait_ready(client, container_id, record.url, timeout_s)
-    except DeployError as exc:
-        engine.remove_container(client, record.name, timeout_s=5)
-        if _restore(client, record, was_running, timeout_s):
-            exc.message += f"\nThe current deployment ({record.image}) was started again; nothing changed."
-        raise
     labels = previous.labels
     version = int(labels.get("prodai.serving-version") or record.version)
     versions = [int(v) for v in labels.get("prodai.model-versions", "").split(",") if v.strip().isdigit()]
+    host = record.run.get("host") if record.balancer else None
+    rolled_out = roll_out(
+        settings,
+        client,
+        name=record.name,
+        spec=spec,
+        host=str(host or settings.config.deploy.host),
+        port=int(record.port or settings.config.deploy.port),
+        replicas=max(1, len(record.replicas) or settings.config.deploy.replicas),
+        expected_versions=set(versions) or {version},
+        say=progress or (lambda _line: None),
+    )
     rolled = DeploymentRecord(
         name=record.name,
         url=record.url,
@@ -226,7 +487,7 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
         version=version,
         target="docker",
         image=previous.tag if not previous.tag.startswith("sha256:") else record.previous_image,
-        container_id=container_id,
+        container_id=rolled_out.replicas[0],
         previous_image=record.image_id,
         created=records.now_iso(),
         image_id=previous.id,
@@ -236,6 +497,23 @@ def rollback(settings: Settings, name: str) -> DeploymentRecord:
         image_size_bytes=previous.size_bytes,
         run=spec.to_dict(),
         previous_run=dict(record.run),
+        replicas=rolled_out.replicas,
+        balancer=rolled_out.balancer,
+        stats_url=rolled_out.stats_url,
+        network=rolled_out.network,
     )
     records.save(settings, rolled)
+    _keep_rollback_image(client, rolled, record)
     return rolled
+
+
+def stop(settings: Settings, record: DeploymentRecord) -> None:
+    """Remove every container of the deployment (replicas, balancer, a pre-balancer one) and its network."""
+    client = engine.docker_client()
+    drain_s = int(settings.config.serving.drain_delay_s + settings.config.serving.grace_period_s + 5)
+    for container in engine.deployment_containers(client, record.name):
+        engine.remove_container(client, container.id, timeout_s=drain_s)
+    legacy = _legacy_container(client, record.name)
+    if legacy is not None:
+        engine.remove_container(client, legacy.id, timeout_s=drain_s)
+    engine.remove_network(client, record.network or network_name(record.name))
