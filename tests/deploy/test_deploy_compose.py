@@ -197,8 +197,9 @@ def stack(
         from prodai_cli.deploy import containers
 
         for tag in deployed.tags:
+            # Pruned with its untagged parents: keeping them (noprune) would leave dangling images behind.
             with contextlib.suppress(ImageNotFound, APIError):
-                docker_client.images.remove(tag, force=True, noprune=True)
+                docker_client.images.remove(tag, force=True)
             # The build stage prodai tags beside each image (the next build's cache): ours go too.
             with contextlib.suppress(ImageNotFound, APIError):
                 docker_client.images.remove(f"{containers.BUILD_STAGE_REPOSITORY}:{containers.tag_safe(tag)}")
@@ -310,6 +311,22 @@ def test_deploy_stop_leaves_nothing_of_the_stack(stack: Stack) -> None:
     stopped = run_cli("deploy", "stop", stack.name, cwd=stack.project, env=stack.env, timeout=300)
     assert stopped.exit_code == 0, stopped.stderr
     assert _leftovers(stack.name) == []
+    # Two builds (v1, then v2 over it) left no dangling image of the deployment behind.
+    dangling = subprocess.run(
+        [
+            "docker",
+            "images",
+            "--filter",
+            "dangling=true",
+            "--filter",
+            f"label=org.opencontainers.image.title={stack.tags[0].split(':')[0]}",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert dangling == []
 
 
 def test_a_failed_compose_start_leaves_nothing_and_can_still_be_stopped(stack: Stack, docker_client: Any) -> None:

@@ -562,7 +562,8 @@ def _write_stack(
         project_dir=project_dir,
         bind_host=bind_host,
         images=images,
-        trusted_proxies=trusted,
+        # The user's own proxies (in front of this host) stay trusted: the env replaces the config's list.
+        trusted_proxies=list(dict.fromkeys([*plan.settings.config.rate_limit.trusted_proxies, *trusted])),
         replicas=replicas,
     )
     write_files(directory, files)
