@@ -29,6 +29,13 @@ def deploy(
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="CUDA image and a GPU request (deploy.gpu).")] = None,
     base_image: Annotated[str | None, typer.Option("--base-image", help="Base image (deploy.base_image).")] = None,
     no_build: Annotated[bool, typer.Option("--no-build", help="Reuse the image of this tag; do not build.")] = False,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", "-r", help="Server replicas, compose and k8s (deploy.replicas).", min=1)
+    ] = None,
+    offline: Annotated[
+        bool | None,
+        typer.Option("--offline/--pull", help="compose: Redis/Prometheus from Debian's packages (deploy.offline)."),
+    ] = None,
     json_flag: JsonOption = False,
 ) -> None:
     """Build the image of the model versions the config serves and deploy it, then wait until it is ready.
@@ -36,7 +43,10 @@ def deploy(
     The build context (.prodai/build/TAG/) holds the models, the resolved prodai.yaml and a wheelhouse made
     on this machine, so the image builds with networking disabled.
 
+    A compose redeploy over a running stack is a rolling update behind its load balancer.
+
     Example: prodai deploy --model sentiment@production --port 8080
+    Example: prodai deploy --target compose --replicas 3 --offline
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -44,6 +54,12 @@ def deploy(
 
     out = console(ctx, json_flag)
     project = settings(ctx)
+    overrides = {k: v for k, v in {"replicas": replicas, "offline": offline}.items() if v is not None}
+    if overrides:
+        import dataclasses
+
+        deploy_section = project.config.deploy.model_copy(update=overrides)
+        project = dataclasses.replace(project, config=project.config.model_copy(update={"deploy": deploy_section}))
     with out.err.status("Planning the deployment") as spinner:
 
         def progress(line: str) -> None:

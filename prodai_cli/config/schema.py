@@ -452,6 +452,11 @@ class DeployConfig(Section):
     redis_image: str = Field("redis:7-alpine", description="compose: Redis image")
     prometheus_image: str = Field("prom/prometheus:v2.53.0", description="compose: Prometheus image")
     grafana_image: str = Field("grafana/grafana:11.1.0", description="compose: Grafana image")
+    offline: bool = Field(
+        False,
+        description="compose: build Redis and Prometheus from Debian's packages on base_image, pull nothing "
+        "(also done when a pull fails)",
+    )
     namespace: str = Field("default", description="k8s: namespace of the manifests")
     max_replicas: int = Field(4, ge=1, description="k8s: most replicas the autoscaler may run")
     cpu: str = Field("1", description="k8s: CPU request and limit of one replica")

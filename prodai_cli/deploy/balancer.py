@@ -208,3 +208,20 @@ def wait_out_of_rotation(stats_url: str, addresses: set[str], timeout_s: float) 
             return True
         time.sleep(0.1)
     return False
+
+
+def trusted_networks(subnet: str, gateway: str | None) -> list[str]:
+    """The stack's subnet without its gateway, as CIDRs: the containers of the stack, never the host.
+
+    Traffic the host forwards into the stack (docker-proxy for a published port) comes from the gateway,
+    so the gateway is the client the balancer saw, not a proxy to believe.
+    """
+    import ipaddress
+
+    network = ipaddress.ip_network(subnet, strict=False)
+    if not gateway:
+        return [str(network)]
+    excluded = ipaddress.ip_network(f"{gateway}/{network.max_prefixlen}")
+    if not excluded.subnet_of(network):  # type: ignore[arg-type]
+        return [str(network)]
+    return sorted((str(n) for n in network.address_exclude(excluded)), key=lambda n: ipaddress.ip_network(n))  # type: ignore[arg-type]

@@ -289,8 +289,17 @@ def deployment_containers(client: Any, deployment: str, role: str | None = None)
     return list(client.containers.list(all=True, filters={"label": labels}))
 
 
-def ensure_network(client: Any, name: str, deployment: str) -> tuple[str, str | None]:
-    """The user network ``name`` (created when missing); returns (name, its IPv4 subnet).
+@dataclass(frozen=True)
+class Network:
+    """A user network: its name, IPv4 subnet and gateway (None when the engine gave it none)."""
+
+    name: str
+    subnet: str | None
+    gateway: str | None
+
+
+def ensure_network(client: Any, name: str, deployment: str) -> Network:
+    """The user network ``name`` of ``deployment`` (created when missing).
 
     Raises:
         DeployError: The engine refused to create it.
@@ -308,9 +317,11 @@ def ensure_network(client: Any, name: str, deployment: str) -> tuple[str, str | 
         except APIError as exc:
             raise DeployError(f"Creating the network {name} failed: {exc.explanation or _first_line(exc)}") from None
     network.reload()
-    subnets = [c.get("Subnet") for c in (network.attrs.get("IPAM", {}).get("Config") or []) if c.get("Subnet")]
-    ipv4 = [s for s in subnets if ":" not in s]
-    return name, (ipv4 or [None])[0]
+    for entry in network.attrs.get("IPAM", {}).get("Config") or []:
+        subnet = str(entry.get("Subnet") or "")
+        if subnet and ":" not in subnet:
+            return Network(name, subnet, entry.get("Gateway") or None)
+    return Network(name, None, None)
 
 
 def remove_network(client: Any, name: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,7 @@ def deploy(
         assert image is not None
         return docker.deploy_docker(settings, plan, client, image, context_dir, port=port, progress=progress)
     if target == "compose":
-        return compose.deploy_compose(settings, plan, image, context_dir, port=port)
+        return compose.deploy_compose(settings, plan, image, context_dir, port=port, progress=progress)
     return k8s.deploy_k8s(settings, plan, image, context_dir)
 
 
@@ -102,7 +101,7 @@ def default_name(settings: Settings, name: str | None) -> str:
 def status(settings: Settings) -> list[dict[str, Any]]:
     """Every recorded deployment with the live state of its container (docker target)."""
     found = records.list_records(settings)
-    client = engine.docker_client() if any(r.target == "docker" for r in found) else None
+    client = engine.docker_client() if any(r.target in {"docker", "compose"} for r in found) else None
     out = []
     for record in found:
         entry = record.to_dict()
@@ -122,6 +121,8 @@ def status(settings: Settings) -> list[dict[str, Any]]:
                 entry["state"] = state.get("Status")
                 entry["health"] = (state.get("Health") or {}).get("Status")
                 entry["started_at"] = state.get("StartedAt")
+        elif client is not None and record.target == "compose":
+            entry.update(compose.stack_state(client, record))
         else:
             entry["state"] = record.status
         out.append(entry)
@@ -132,6 +133,8 @@ def logs(settings: Settings, name: str, *, lines: int = 100) -> str:
     """The last ``lines`` log lines of a docker deployment's container."""
     record = record_or_error(settings, name)
     client = engine.docker_client()
+    if record.target == "compose":
+        return compose.stack_logs(client, record.name, lines)
     ref = record.container_id or record.name
     if engine.container(client, ref) is None:
         raise DeployError(f"The container of {name} is gone ({record.status})")
@@ -155,18 +158,8 @@ def stop(settings: Settings, name: str) -> DeploymentRecord:
     if record.target == "docker":
         docker.stop(settings, record)
     elif record.target == "compose":
-        command = compose.compose_command()
-        compose_file = Path(record.files_dir or "") / "docker-compose.yml"
-        if command is None or not compose_file.is_file():
-            raise DeployError("Cannot stop the compose stack: no compose command or no compose file")
-        result = subprocess.run(
-            [*command, "-p", record.name, "-f", str(compose_file), "down", "-v"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise DeployError(f"compose down failed:\n{result.stderr.strip()[-2000:]}")
+        # Containers, anonymous volumes and the network, also of a start that failed half-way.
+        compose.stop_compose(settings, record)
     else:
         raise DeployError(
             "prodai does not stop Kubernetes deployments itself",

@@ -44,12 +44,13 @@ def open_for_container(project: Path) -> None:
 
 
 def remove_images(client: Any, *tags: str) -> None:
-    """Drop test tags but keep their parent layers: the next run's build reuses them (the cold build is minutes)."""
+    """Drop test images and their untagged layers (no dangling image left); the build stage prodai tags
+    (prodai-build-stage:TAG) is not among them, so the next build still finds its cache."""
     from docker.errors import APIError, ImageNotFound
 
     for tag in tags:
         with contextlib.suppress(ImageNotFound, APIError):
-            client.images.remove(tag, force=True, noprune=True)
+            client.images.remove(tag, force=True, noprune=False)
 
 
 def _record(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -309,9 +309,16 @@ def test_compose_file_validates_with_docker_compose(ab_plan: Any, tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     normalised = yaml.safe_load(result.stdout)
-    assert set(normalised["services"]) == {"server", "redis", "prometheus", "grafana"}
+    assert set(normalised["services"]) == {"lb", "server", "redis", "prometheus", "grafana"}
     server = normalised["services"]["server"]
     assert server["deploy"]["replicas"] == 2
+    # Only the balancer publishes the service port; the replicas publish nothing and trust the stack network.
+    assert "ports" not in server
+    assert normalised["services"]["lb"]["ports"][0]["published"] == 8080
+    assert yaml.safe_load(server["environment"]["PRODAI_RATE_LIMIT__TRUSTED_PROXIES"]) == []
+    # compose's own $-interpolation must leave the balancer's shell variable intact (it prints it escaped).
+    assert "$PRODAI_HAPROXY_CFG" in " ".join(normalised["services"]["lb"]["command"])
+    assert "server-template replica" in normalised["services"]["lb"]["environment"]["PRODAI_HAPROXY_CFG"]
     assert server["environment"]["PRODAI_REDIS_URL"] == "redis://redis:6379/0"
     assert f"{tmp_path}:/app:ro" in server["volumes"]  # docker-compose 1.x prints the short syntax
     json.loads(files["grafana/dashboards/prodai.json"])  # the dashboard is valid JSON
@@ -494,6 +501,34 @@ def test_records_round_trip_and_ignore_unknown_keys(project: Path) -> None:
     assert loaded == record
     assert [r.name for r in records.list_records(settings)] == ["d"]
     assert not path.stat().st_mode & stat.S_IWOTH
+
+
+def test_compose_replicas_trust_their_stack_network_but_never_its_gateway() -> None:
+    import ipaddress
+
+    networks = [ipaddress.ip_network(n) for n in compose_target.trusted_networks("172.24.0.0/16", "172.24.0.1")]
+
+    def trusted(address: str) -> bool:
+        return any(ipaddress.ip_address(address) in n for n in networks)
+
+    # The host forwards published-port traffic from the gateway: that is the client, not a proxy.
+    assert not trusted("172.24.0.1")
+    assert trusted("172.24.0.2") and trusted("172.24.255.254") and trusted("172.24.0.0")
+    assert not trusted("172.25.0.2") and not trusted("10.0.0.1")
+    assert compose_target.trusted_networks("10.5.0.0/24", None) == ["10.5.0.0/24"]
+
+
+def test_local_service_images_come_from_debian_packages_tagged_by_their_dockerfile() -> None:
+    from prodai_cli.deploy import services
+
+    redis = services.dockerfile(services.REDIS, "prodai-base:bookworm")
+    assert redis.startswith("FROM prodai-base:bookworm\n") and "apt-get install" in redis and "redis-server" in redis
+    assert "USER redis" in redis
+    prometheus = services.dockerfile(services.PROMETHEUS, "prodai-base:bookworm")
+    assert 'ENTRYPOINT ["/usr/bin/prometheus"]' in prometheus and "USER prometheus" in prometheus
+    tag = services.image_tag(services.REDIS, "prodai-base:bookworm")
+    assert tag.startswith("prodai-redis:") and tag == services.image_tag(services.REDIS, "prodai-base:bookworm")
+    assert tag != services.image_tag(services.REDIS, "debian:bookworm")
 
 
 @pytest.mark.docker

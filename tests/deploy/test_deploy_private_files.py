@@ -102,7 +102,7 @@ def _remove(docker_client: Any, name: str) -> None:
 
     engine.remove_container(docker_client, name, timeout_s=5)
     with contextlib.suppress(ImageNotFound, APIError):
-        docker_client.images.remove(f"{name}:1", force=True, noprune=True)  # parent layers stay for other tests
+        docker_client.images.remove(f"{name}:1", force=True, noprune=False)  # no dangling image left
 
 
 def test_init_register_deploy_as_root_with_no_chmod(

@@ -211,13 +211,14 @@ def roll_out(
     deploy_config = settings.config.deploy
     timeout_s = deploy_config.readiness_timeout_s
     started = time.monotonic()
-    network, subnet = engine.ensure_network(client, network_name(name), name)
+    net = engine.ensure_network(client, network_name(name), name)
+    network = net.name
     old = [c for c in engine.deployment_containers(client, name, ROLE_SERVER)]
     legacy = _legacy_container(client, name)
     new_ids: list[str] = []
     try:
         for _ in range(replicas):
-            placed = _placed(settings, spec, name, network, subnet)
+            placed = _placed(settings, spec, name, net)
             say(f"Starting replica {placed.name}")
             new_ids.append(engine.run_container(client, placed))
         for container_id in new_ids:
@@ -246,14 +247,14 @@ def roll_out(
     return RolledOut(new_ids, lb, stats_url, network, time.monotonic() - started)
 
 
-def _placed(settings: Settings, spec: engine.RunSpec, name: str, network: str, subnet: str | None) -> engine.RunSpec:
+def _placed(settings: Settings, spec: engine.RunSpec, name: str, net: engine.Network) -> engine.RunSpec:
     """``spec`` as replica of ``name``: its own container name, on the network, trusting the balancer."""
     environment = dict(spec.environment)
-    if subnet:
+    if net.subnet:
         # The balancer is the replicas' proxy: trust its X-Forwarded-For (it drops the client's own), so
-        # per-IP limits and logs see the real client. Only the balancer reaches the network's addresses
-        # (and the host, whose bridge address is in the subnet too).
-        trusted = [*settings.config.rate_limit.trusted_proxies, subnet]
+        # per-IP limits and logs see the client it saw. Trusted: the network without its gateway, through
+        # which the host forwards traffic (so a process on the host that reaches a replica is never believed).
+        trusted = [*settings.config.rate_limit.trusted_proxies, *balancer.trusted_networks(net.subnet, net.gateway)]
         environment["PRODAI_RATE_LIMIT__TRUSTED_PROXIES"] = json.dumps(list(dict.fromkeys(trusted)))
     labels = {**spec.labels, engine.DEPLOYMENT_LABEL: name, engine.ROLE_LABEL: ROLE_SERVER}
     return engine.RunSpec.from_dict(
@@ -264,7 +265,7 @@ def _placed(settings: Settings, spec: engine.RunSpec, name: str, network: str, s
             "port": None,
             "environment": environment,
             "labels": labels,
-            "network": network,
+            "network": net.name,
             "aliases": [balancer.BACKEND_ALIAS],
         }
     )
