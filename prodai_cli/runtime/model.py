@@ -79,6 +79,8 @@ class ModelRuntime:
         max_length: Inputs are truncated to this many tokens (special tokens included).
         max_batch_tokens: Default budget of padded tokens per forward pass.
         labels: Class names by index (classification), from the model's config.
+        scores: Also return every label's probability as ``scores`` (index order); the server turns it on
+            (per-label scores, Open Inference Protocol ``scores``), batch output stays as it was.
 
     """
 
@@ -108,6 +110,7 @@ class ModelRuntime:
         # big batches to be busy, CPUs are near full speed from a few hundred tokens on.
         self.min_batch_tokens = 256 if device == "cpu" else 8192
         self.oom_backoffs = 0
+        self.scores = False
         config = model.config
         id2label = getattr(config, "id2label", None) or {}
         self.labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
@@ -296,6 +299,11 @@ class ModelRuntime:
                 if self.task == "text-classification":
                     probs = output.logits.float().softmax(dim=-1)
                     confidence, index = probs.max(dim=-1)
+                    if self.scores:
+                        return [
+                            {"label": self._label(i), "confidence": c, "scores": row}
+                            for i, c, row in zip(index.tolist(), confidence.tolist(), probs.tolist(), strict=True)
+                        ]
                     return [
                         {"label": self._label(i), "confidence": c}
                         for i, c in zip(index.tolist(), confidence.tolist(), strict=True)

@@ -251,6 +251,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     routes.register_routes(app, state)
+    from prodai_cli.serving.protocols import register_protocols  # OIP v2, OpenAI: adapters onto the pipeline
+
+    register_protocols(app, state)
 
     @app.post(
         ADMIN_RELOAD_ROUTE,

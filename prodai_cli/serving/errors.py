@@ -58,6 +58,13 @@ class BodyTooLarge(ServingError):
     code = "body_too_large"
 
 
+class NotFound(ServingError):
+    """404: a model or version this server does not serve (the protocol routes name them in the URL)."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class UnsupportedMediaType(ServingError):
     """415: the body is not ``application/json``."""
 

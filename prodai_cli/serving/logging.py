@@ -115,7 +115,15 @@ def log_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": formatter}},
-        "handlers": {"stderr": {"()": "prodai_cli.serving.logging.BackgroundHandler", "formatter": "default"}},
+        # The trace filter stamps trace_id on every line logged while a request is handled (serving/tracing.py).
+        "filters": {"trace": {"()": "prodai_cli.serving.tracing.TraceFilter"}},
+        "handlers": {
+            "stderr": {
+                "()": "prodai_cli.serving.logging.BackgroundHandler",
+                "formatter": "default",
+                "filters": ["trace"],
+            }
+        },
         "loggers": {
             "prodai": {"handlers": ["stderr"], "level": upper, "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},

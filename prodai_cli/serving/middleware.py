@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from prodai_cli.serving.logging import access_logger
 from prodai_cli.serving.pipeline import RequestContext
+from prodai_cli.serving.tracing import trace_from, trace_id_var
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,6 +92,12 @@ class ObservabilityMiddleware:
             headers=headers,
         )
         scope.setdefault("state", {})[CONTEXT_KEY] = ctx
+        # W3C trace context: the caller's trace continued (or a new one), in every log line and the response.
+        trace = trace_from(headers.get("traceparent"), headers.get("tracestate"))
+        trace_token = trace_id_var.set(trace.trace_id)
+        trace_headers = [(b"traceparent", trace.traceparent.encode())]
+        if trace.tracestate:
+            trace_headers.append((b"tracestate", _header(trace.tracestate)))
         status = 0
         metrics = self.metrics
         if metrics is not None:
@@ -102,6 +109,7 @@ class ObservabilityMiddleware:
                 status = int(message["status"])
                 raw = list(message.get("headers", []))
                 raw.append((b"x-request-id", _header(ctx.request_id)))
+                raw.extend(trace_headers)
                 if ctx.model_version:
                     raw.append((b"x-model-version", _header(ctx.model_version)))
                 raw.extend((_header(k), _header(v)) for k, v in ctx.response_headers.items())
@@ -160,8 +168,10 @@ class ObservabilityMiddleware:
                     fields["principal"] = ctx.principal
                 if failure:
                     fields["error"] = failure
+                fields["trace_id"] = trace.trace_id
                 fields.update(ctx.log_fields)
                 access_logger.info("request", extra=fields)
+            trace_id_var.reset(trace_token)
 
 
 async def _send_json(

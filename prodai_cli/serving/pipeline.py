@@ -75,6 +75,10 @@ class RequestContext:
         response_headers: Headers any step wants on the response, refusals included (``RateLimit-*``,
             ``X-Cache``, ``X-Fallback``...).
         log_fields: Extra fields for this request's access-log line (never bodies or secrets).
+        params: Request parameters that change the answer (``{"scores": True}`` for per-label scores): the
+            cache keys on them, and outputs keep ``scores`` only when asked for.
+        options: What a protocol adapter's parse step tells its render step (``top_k``, requested outputs);
+            not part of the cache key.
         deferred: Decisions a guard started but did not wait for (a rate limit asked of Redis), so their round
             trip overlaps parsing and the cache lookup; :func:`settle` waits for them (and raises their
             refusal) before the model runs and before any answer, a cached one included.
@@ -92,6 +96,8 @@ class RequestContext:
     variant: str = ""
     response_headers: dict[str, str] = field(default_factory=dict)
     log_fields: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     deferred: list[asyncio.Future[None]] = field(default_factory=list)
 
 
@@ -180,6 +186,27 @@ OutputFilter = Callable[[RequestContext, Inference], Inference]
 """Rewrites outputs before they are cached and returned (redaction)."""
 AfterHook = Callable[[RequestContext], None]
 """Runs when a request leaves the pipeline, answered or refused (metrics bookkeeping); must not raise."""
+
+
+class Adapter(Protocol):
+    """A protocol's edge of the pipeline (see :mod:`prodai_cli.serving.protocols`): its body in, its answer out.
+
+    ``parse`` replaces the seed shapes' validation (415/422 as ServingErrors, ``ctx.params``/``ctx.options``
+    for what changes the answer); ``route`` may pick a version itself (an explicit version in the URL) or
+    return None to leave it to the router; ``render`` turns the Inference into the protocol's response.
+    """
+
+    def parse(self, ctx: RequestContext, body: bytes) -> list[str]:
+        """The input texts of a request body."""
+        ...
+
+    def route(self, ctx: RequestContext, router: Router) -> Route:
+        """The route for this request (usually ``router.route(ctx)``)."""
+        ...
+
+    def render(self, ctx: RequestContext, inference: Inference) -> Response:
+        """The protocol's response."""
+        ...
 
 
 class SingleModelRouter:
@@ -295,18 +322,27 @@ class PredictPipeline:
         self.resilience: InferWrapper | None = None
         self.output_filters: list[OutputFilter] = []
         self.after: list[AfterHook] = []
+        self._seed: dict[Kind, Adapter] = {"single": SeedAdapter(self, "single"), "batch": SeedAdapter(self, "batch")}
 
     async def handle(self, request: Request, ctx: RequestContext, kind: Kind) -> Response:
         """Run the whole path for one request and return its response (refusals raise ServingError)."""
+        return await self.serve(request, ctx, self._seed[kind])
+
+    async def serve(self, request: Request, ctx: RequestContext, adapter: Adapter) -> Response:
+        """The whole path for a request in any protocol: ``adapter`` parses, may route, and renders.
+
+        Every protocol (the seed shapes, OIP v2, OpenAI) runs the same guards, hooks, cache, resilience,
+        filters and after hooks; only the shapes at the two ends differ.
+        """
         try:
             try:
                 body = await read_body(request, self.max_body_bytes)
                 for guard in self.guards:
                     await guard(ctx)
-                texts = self.parse(ctx, body, kind)
+                texts = adapter.parse(ctx, body)
                 for hook in self.input_hooks:
                     texts = hook(ctx, texts)
-                route = self.router.route(ctx)
+                route = adapter.route(ctx, self.router)
                 ctx.model_version, ctx.variant = route.model.version, route.variant
                 try:
                     inference = await self.infer(ctx, route, texts)
@@ -320,7 +356,7 @@ class PredictPipeline:
             ctx.model_version, ctx.variant = inference.model_version, inference.variant
             if inference.fallback:
                 ctx.response_headers["X-Fallback"] = inference.fallback
-            return self.render(inference, kind)
+            return adapter.render(ctx, inference)
         finally:
             _forget(ctx)
             for after in self.after:
@@ -331,10 +367,11 @@ class PredictPipeline:
         check_content_type(ctx.headers)
         models = self.models
         limits = {"max_depth": models.max_json_depth, "max_number_digits": models.max_json_number_digits}
-        if kind == "single":
-            texts = [parse_body(body, models.predict, **limits).text]  # type: ignore[attr-defined]
-        else:
-            texts = list(parse_body(body, models.batch, **limits).texts)  # type: ignore[attr-defined]
+        parsed: Any = parse_body(body, models.predict if kind == "single" else models.batch, **limits)
+        texts = [parsed.text] if kind == "single" else list(parsed.texts)
+        if parsed.top_k is not None:
+            ctx.params["scores"] = True
+            ctx.options["top_k"] = parsed.top_k
         ctx.log_fields["texts"] = len(texts)
         if self.log_bodies:
             ctx.log_fields["body"] = texts
@@ -349,6 +386,10 @@ class PredictPipeline:
                 inference = await self.resilience(ctx, route, texts, self.run_model)
             else:
                 inference = await self.run_model(ctx, route, texts)
+            if not ctx.params.get("scores"):
+                # Per-label scores only where asked for: other answers (and their cache entries) stay as small
+                # as they always were.
+                inference = inference.with_outputs([_without_scores(o) for o in inference.outputs])
             for output_filter in self.output_filters:
                 inference = output_filter(ctx, inference)
             return inference
@@ -366,13 +407,65 @@ class PredictPipeline:
         return Inference(outputs=outputs, model_version=route.model.version, variant=route.variant)
 
     @staticmethod
-    def render(inference: Inference, kind: Kind) -> Response:
-        """The JSON response: one prediction, or ``{"predictions": [...]}``."""
+    def render(inference: Inference, kind: Kind, top_k: int | None = None, labels: list[str] | None = None) -> Response:
+        """The JSON response: one prediction, or ``{"predictions": [...]}``.
+
+        With ``top_k``, each classification carries ``scores``: the ``top_k`` most likely ``{label, score}``
+        (all of them when ``top_k`` is at least the number of labels), most likely first.
+        """
         from starlette.responses import Response
 
         stamp = {"model_version": inference.model_version, "variant": inference.variant}
+        outputs = inference.outputs
+        if top_k is not None:
+            outputs = [_top_k(output, top_k, labels or []) for output in outputs]
         # An output's own stamp (a cascade escalated it) wins over the request's.
-        predictions = [{**output, **stamp} if "model_version" not in output else output for output in inference.outputs]
+        predictions = [{**output, **stamp} if "model_version" not in output else output for output in outputs]
         payload: dict[str, Any] = predictions[0] if kind == "single" else {"predictions": predictions}
         # X-Model-Version is added by the middleware from ctx.model_version (refusals after routing carry it too).
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
+def _without_scores(output: dict[str, Any]) -> dict[str, Any]:
+    if "scores" not in output:
+        return output
+    return {key: value for key, value in output.items() if key != "scores"}
+
+
+def _top_k(output: dict[str, Any], top_k: int, labels: list[str]) -> dict[str, Any]:
+    """``output`` with its raw per-index ``scores`` turned into the ``top_k`` best ``[{label, score}]``."""
+    raw = output.get("scores")
+    if not isinstance(raw, list):
+        return output  # an embedding: nothing to rank
+    ranked = sorted(range(len(raw)), key=lambda i: -float(raw[i]))[:top_k]
+    named = [{"label": labels[i] if i < len(labels) else f"LABEL_{i}", "score": float(raw[i])} for i in ranked]
+    return {**output, "scores": named}
+
+
+class SeedAdapter:
+    """The seed tutorial's shapes (``/predict``, ``/predict/batch``) as an :class:`Adapter`."""
+
+    def __init__(self, pipeline: PredictPipeline, kind: Kind) -> None:
+        self.pipeline = pipeline
+        self.kind: Kind = kind
+
+    def parse(self, ctx: RequestContext, body: bytes) -> list[str]:
+        """:meth:`PredictPipeline.parse`."""
+        return self.pipeline.parse(ctx, body, self.kind)
+
+    def route(self, ctx: RequestContext, router: Router) -> Route:
+        """The router's choice."""
+        route = router.route(ctx)
+        if "top_k" in ctx.options:
+            ctx.options["route"] = route  # render names the scores by this version's labels
+        return route
+
+    def render(self, ctx: RequestContext, inference: Inference) -> Response:
+        """:meth:`PredictPipeline.render`, with per-label scores when ``top_k`` was asked for."""
+        top_k = ctx.options.get("top_k")
+        labels: list[str] | None = None
+        if top_k is not None:
+            route = ctx.options.get("route")
+            runtime = route.model.runtime if isinstance(route, Route) else None
+            labels = list(runtime.labels) if runtime is not None else None
+        return self.pipeline.render(inference, self.kind, top_k, labels)

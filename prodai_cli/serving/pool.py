@@ -201,7 +201,9 @@ class ModelPool:
     def _load_runtime(self, key: str) -> ModelRuntime:
         from prodai_cli.runtime import load_runtime
 
-        return load_runtime(key, self.settings, device=self.serving.device, precision=self.serving.precision)
+        runtime = load_runtime(key, self.settings, device=self.serving.device, precision=self.serving.precision)
+        runtime.scores = True  # per-label scores (top_k, OIP v2 ``scores``); /predict shows them only on request
+        return runtime
 
     async def retire(self, key: str, *, timeout: float = 30.0) -> None:
         """Stop routing to ``key``'s version, let its queue drain, and drop it from the pool."""

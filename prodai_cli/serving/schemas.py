@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from prodai_cli.untrusted import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_DIGITS, VISIBLE_CHARACTER, is_blank
 
@@ -18,6 +18,26 @@ def _not_blank(text: str) -> str:
     if is_blank(text):
         raise ValueError("text is empty or only whitespace/control characters")
     return text
+
+
+TOP_K_HELP = (
+    "Classification: also return the top_k most likely labels as scores [{label, score}] (a number at least "
+    "the number of labels returns all of them); embeddings ignore it"
+)
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema's "integer" includes 3.0; true, "3" and 3.5 are not whole numbers, whatever pydantic's lax mode says.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+TopK = Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]
 
 
 class RequestModels:
@@ -50,6 +70,7 @@ class RequestModels:
 
             model_config = ConfigDict(extra="forbid", title="PredictRequest")
             text: text_type = Field(description=f"The input, at most {max_text_chars} characters")
+            top_k: TopK | None = Field(None, description=TOP_K_HELP)
 
         class BatchPredictRequest(BaseModel):
             """Several texts, answered in order."""
@@ -60,6 +81,7 @@ class RequestModels:
                 max_length=max_batch_items,
                 description=f"1 to {max_batch_items} inputs of at most {max_text_chars} characters each",
             )
+            top_k: TopK | None = Field(None, description=TOP_K_HELP)
 
         self.predict: type[BaseModel] = PredictRequest
         self.batch: type[BaseModel] = BatchPredictRequest
@@ -75,11 +97,19 @@ class RequestModels:
         }
 
 
+class LabelScore(BaseModel):
+    """One label's probability (``top_k``)."""
+
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
 class ClassificationPrediction(BaseModel):
     """A text-classification answer."""
 
     label: str
     confidence: float = Field(ge=0, le=1)
+    scores: list[LabelScore] | None = Field(None, description="With top_k: the most likely labels, best first")
     model_version: str
     variant: str
 

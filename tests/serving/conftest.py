@@ -204,3 +204,9 @@ def fuzz_server(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPathFact
     server = ThreadServer(settings, str(tiny_classifier_dir)).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_class() -> type[ThreadServer]:
+    """The ThreadServer class, for module-scoped servers a test module configures itself."""
+    return ThreadServer

@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import negative_data_rejection
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,12 @@ def test_no_generated_request_gets_a_server_error(fuzz_server: Any, mode: Genera
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         assert response.status_code < 500, (case.method, case.path, case.body, response.text)
         # schemathesis' own rejection check does not count 413 as a rejection; ours below does.
-        case.validate_response(response, excluded_checks=[negative_data_rejection])
+        excluded = [negative_data_rejection]
+        if case.path.endswith("/infer"):
+            # OIP v2: JSON Schema cannot say that shape[0] equals the number of texts, so a schema-valid
+            # tensor can still be a 400; it must never be a 5xx (asserted above).
+            excluded.append(positive_data_acceptance)
+        case.validate_response(response, excluded_checks=excluded)
         if mode is GenerationMode.NEGATIVE and case.method == "POST":
             assert 400 <= response.status_code < 500, (case.path, case.body, response.status_code)
 

@@ -338,6 +338,8 @@ class Protection:
         # A directory has no version number: its path names what was loaded.
         version = model.version if model.version != "local" else model.key
         params = self._params(route)
+        if ctx.params:
+            params = {**params, "request": ctx.params}  # per-label scores and the like: entries of their own
 
         async def lookup(text: str) -> CacheResult[CacheValue]:
             async def compute() -> CacheValue:

