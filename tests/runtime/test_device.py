@@ -18,7 +18,10 @@ def _in_fresh_process(code: str) -> str:
 
 
 def test_cpu_never_imports_torch() -> None:
-    code = "import sys\nfrom prodai_cli.runtime.device import resolve_device\nprint(resolve_device('cpu'), 'torch' in sys.modules)"
+    code = (
+        "import sys\nfrom prodai_cli.runtime.device import resolve_device\n"
+        "print(resolve_device('cpu'), 'torch' in sys.modules)"
+    )
     assert _in_fresh_process(code) == "cpu False"
 
 
