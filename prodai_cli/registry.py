@@ -371,10 +371,13 @@ class Registry:
                 client.set_registered_model_alias(name, alias, str(version))
         # Cache the version now and record its files' digest on it: every later use of the cache (serve,
         # batch, a deploy image) is checked against these hashes, and any download against the digest.
-        info = self.get_version(ModelRef(name=name, version=version))
-        digest = self._download(info, self._cache_dir(name, version), None)
+        target = self._cache_dir(name, version)
+        digest = self._download(self.get_version(ModelRef(name=name, version=version)), target, None)
         self.set_version_tags(name, version, {model_cache.DIGEST_TAG: digest})
-        return self.get_version(ModelRef(name=name, version=version))
+        registered = self.get_version(ModelRef(name=name, version=version))
+        # The sidecar says what the registry says now (with the digest tag); it is not hashed.
+        (target / VERSION_FILE).write_text(json.dumps(registered.to_dict(), indent=2), encoding="utf-8")
+        return registered
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at ``version``; return the version it pointed at before (None if new)."""

@@ -51,6 +51,8 @@ def test_registration_caches_the_version_and_records_its_digest(registered_copy:
     info = Registry(load_settings()).get_version("clf/1")
     assert info.tags[model_cache.DIGEST_TAG] == manifest["digest"] == model_cache.manifest_digest(manifest["files"])
     assert model_cache.check_files(root, manifest["digest"]) == []
+    cached = Registry(load_settings()).cached("clf", 1)
+    assert cached is not None and cached.info.tags[model_cache.DIGEST_TAG] == manifest["digest"]
 
 
 def test_a_corrupted_cache_is_fetched_again_from_the_registry(registered_copy: Path) -> None:
