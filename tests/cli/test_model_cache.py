@@ -134,6 +134,7 @@ def test_batch_on_an_alias_never_imports_mlflow(registered_copy: Path) -> None:
         "from prodai_cli.batch import BatchJob, run_batch\n"
         "summary = run_batch(BatchJob(input=Path('in.jsonl'), model='clf@production', device='auto'))\n"
         "print(summary.model_version, summary.items, 'mlflow' in sys.modules)\n"
+        "assert 0 < summary.extra['first_forward_s'] <= summary.wall_s, summary.extra\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=registered_copy, capture_output=True, text=True, timeout=300, check=False
