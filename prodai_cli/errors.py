@@ -11,7 +11,8 @@ Tree::
     │   └── ResumeRefusedError exit 2  an existing batch output belongs to another input, model or settings
     ├── RegistryError          exit 1  the model registry refused or failed an operation
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
-    │   └── InvalidModelError  exit 1  a directory that is not a loadable transformers model
+    │   ├── InvalidModelError  exit 1  a directory that is not a loadable transformers model
+    │   └── ModelIntegrityError exit 1 cached model files that do not match the hashes recorded for them
     ├── InputError             exit 1  an input file that cannot be read
     ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
     │   └── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
@@ -76,6 +77,10 @@ class ModelNotFoundError(RegistryError):
 
 class InvalidModelError(RegistryError):
     """A directory is not a loadable transformers model."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A cached version's files do not match the SHA-256 manifest recorded when they were cached."""
 
 
 class InputError(ProdaiError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,7 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from prodai_cli.errors import InvalidModelError, ModelNotFoundError, RegistryError, UsageError, first_line
+from prodai_cli import model_cache
+from prodai_cli.errors import (
+    InvalidModelError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    RegistryError,
+    UsageError,
+    first_line,
+)
 from prodai_cli.refs import ModelRef, parse_model_ref
 
 if TYPE_CHECKING:
@@ -34,6 +43,7 @@ VERSION_FILE = "version.json"
 EXPERIMENT_NAME = "prodai"
 # The transformers pipeline each prodai task is logged as, so MLflow's own tools can load it.
 _PIPELINE_TASK = {"text-classification": "text-classification", "embedding": "feature-extraction"}
+_log = logging.getLogger("prodai.registry")
 
 
 def quiet_offline_env() -> None:
@@ -50,8 +60,6 @@ def quiet_offline_env() -> None:
         "MLFLOW_LOGGING_LEVEL": "ERROR",
     }.items():
         os.environ.setdefault(name, value)
-    import logging
-
     for logger in ("mlflow", "alembic", "transformers", "huggingface_hub"):
         logging.getLogger(logger).setLevel(logging.ERROR)
 
@@ -357,7 +365,15 @@ class Registry:
                 client.update_model_version(name, str(version), description=description)
             for alias in aliases or []:
                 client.set_registered_model_alias(name, alias, str(version))
-        return self.get_version(ModelRef(name=name, version=version))
+        # Cache the version now and record its files' digest on it: every later use of the cache (serve,
+        # batch, a deploy image) is checked against these hashes, and any download against the digest.
+        target = self._cache_dir(name, version)
+        digest = self._download(self.get_version(ModelRef(name=name, version=version)), target, None)
+        self.set_version_tags(name, version, {model_cache.DIGEST_TAG: digest})
+        registered = self.get_version(ModelRef(name=name, version=version))
+        # The sidecar says what the registry says now (with the digest tag); it is not hashed.
+        (target / VERSION_FILE).write_text(json.dumps(registered.to_dict(), indent=2), encoding="utf-8")
+        return registered
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at ``version``; return the version it pointed at before (None if new)."""
@@ -430,6 +446,9 @@ class Registry:
         """
         if isinstance(ref, str):
             ref = parse_model_ref(ref)
+        fast = self._sqlite_version(ref)
+        if fast is not None:
+            return fast
         model = self._require_model(ref.name)
         from mlflow.exceptions import MlflowException
 
@@ -454,49 +473,115 @@ class Registry:
         return self._info(version, self._aliases_by_version(ref.name, model))
 
     def resolve(self, ref: ModelRef | str) -> ResolvedModel:
-        """Resolve a reference and make its files available locally (cached per version).
+        """Resolve a reference and make its files available locally (cached per version, checked per use).
 
         Versions are immutable, so a version downloaded once is reused from ``.prodai/models/``; resolving
         ``NAME/VERSION`` that is already cached never contacts the registry (nor imports mlflow), which is how
-        a container with baked-in models serves without any registry.
+        a container with baked-in models serves without any registry. Cached files are checked against the
+        SHA-256 manifest written when they were cached (and, when the registry is consulted, against the
+        digest recorded at registration); a mismatch downloads the version again.
+
+        Raises:
+            ModelIntegrityError: The cached files do not match their manifest and cannot be fetched again,
+                or a fresh download does not match what was registered.
+
         """
         if isinstance(ref, str):
             ref = parse_model_ref(ref)
+        problems: list[str] = []
         if ref.version is not None:
-            cached = self.cached(ref.name, ref.version)
+            cached = self.cached(ref.name, ref.version, verify=False)
             if cached is not None:
-                return cached
-        info = self.get_version(ref)
+                problems = model_cache.check_files(cached.path)
+                if not problems:
+                    return cached
+        try:
+            info = self.get_version(ref)
+        except RegistryError as exc:
+            if problems:
+                raise _integrity_error(ref.name, ref.version, problems, refetch=exc) from None
+            raise
+        expected = info.tags.get(model_cache.DIGEST_TAG)
         target = self._cache_dir(info.name, info.version)
-        if not (target / VERSION_FILE).is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
-            try:
-                import mlflow
-
-                with self._errors(f"Downloading {info.uri}"):
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=info.uri, dst_path=str(staging), tracking_uri=self.tracking_uri
-                    )
-                # The sidecar is written last: its presence marks a complete download.
-                (staging / VERSION_FILE).write_text(json.dumps(info.to_dict(), indent=2), encoding="utf-8")
-                if target.exists():
-                    shutil.rmtree(target)
-                os.replace(staging, target)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging, ignore_errors=True)
+        if (target / VERSION_FILE).is_file():
+            problems = model_cache.check_files(target, expected)
+            if not problems:
+                return ResolvedModel(info=info, path=target)
+            _log.warning(
+                "The cached files of %s/%s do not match their manifest (%s): downloading them again",
+                info.name,
+                info.version,
+                "; ".join(problems[:3]),
+            )
+        try:
+            self._download(info, target, expected)
+        except RegistryError as exc:
+            if problems:
+                raise _integrity_error(info.name, info.version, problems, refetch=exc) from None
+            raise
         return ResolvedModel(info=info, path=target)
 
-    def cached(self, name: str, version: int) -> ResolvedModel | None:
-        """The locally cached files of ``name`` version ``version``, or None when not downloaded."""
+    def _download(self, info: ModelVersionInfo, target: Path, expected_digest: str | None) -> str:
+        """Download ``info`` into ``target`` (replacing it) with its manifest; return the manifest's digest."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            self.client  # noqa: B018 - binds mlflow's tracking and registry URIs to this registry
+            import mlflow
+
+            with self._errors(f"Downloading {info.uri}"):
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=info.uri, dst_path=str(staging), tracking_uri=self.tracking_uri
+                )
+            digest = model_cache.write_manifest(staging)
+            if expected_digest and digest != expected_digest:
+                raise ModelIntegrityError(
+                    f"The files of {info.uri} in the registry do not match the hashes recorded when it was registered",
+                    hint="The artifact store was changed after registration; register the model again",
+                )
+            # The sidecar is written last: its presence marks a complete download.
+            (staging / VERSION_FILE).write_text(json.dumps(info.to_dict(), indent=2), encoding="utf-8")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return digest
+
+    def cached(self, name: str, version: int, *, verify: bool = True) -> ResolvedModel | None:
+        """The locally cached files of ``name`` version ``version``, or None when not downloaded.
+
+        Args:
+            name: Registered model name.
+            version: Version number.
+            verify: Check the files against their manifest first.
+
+        Raises:
+            ModelIntegrityError: ``verify`` and the files do not match their manifest.
+
+        """
         target = self._cache_dir(name, version)
         try:
             data = json.loads((target / VERSION_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         data.pop("uri", None)
+        if verify:
+            problems = model_cache.check_files(target)
+            if problems:
+                raise _integrity_error(name, version, problems)
         return ResolvedModel(info=ModelVersionInfo(**data), path=target)
+
+    def _sqlite_version(self, ref: ModelRef) -> ModelVersionInfo | None:
+        """The version read straight from the embedded SQLite store (no MLflow import), or None."""
+        database = model_cache.sqlite_path(self.tracking_uri)
+        if database is None:
+            return None
+        row = model_cache.lookup_version(database, ref.name, version=ref.version, alias=ref.alias)
+        if row is None:
+            return None  # not found or not understood: MLflow answers, with its precise errors
+        return ModelVersionInfo(**model_cache.as_version_fields(row), created=_iso(row.created_ms))
 
     def _cache_dir(self, name: str, version: int) -> Path:
         return self.settings.state_dir / "models" / path_safe(name) / str(version)
@@ -625,6 +710,19 @@ class Registry:
         }
         self.set_version_tags(name, info.version, tags)
         return run_id
+
+
+def _integrity_error(
+    name: str, version: int | None, problems: list[str], refetch: BaseException | None = None
+) -> ModelIntegrityError:
+    shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+    where = f"{name}/{version}" if version is not None else name
+    hint = "Delete the directory and resolve the version again (prodai models resolve NAME/VERSION)"
+    if refetch is not None:
+        hint = f"Fetching it again from the registry failed ({first_line(refetch)}). {hint}"
+    return ModelIntegrityError(
+        f"The cached files of {where} do not match the hashes recorded when they were cached: {shown}", hint=hint
+    )
 
 
 def validate_alias(alias: str) -> None:

@@ -66,13 +66,19 @@ def _model_identity(job: BatchJob, settings: Settings | None) -> dict[str, Any]:
             "task": detect_task(source.model_dir),
             "fingerprint": _dir_fingerprint(source.model_dir),
         }
+    from prodai_cli.refs import parse_model_ref
     from prodai_cli.registry import Registry
 
     if settings is None:
         from prodai_cli.config import load_settings
 
         settings = load_settings()
-    info = Registry(settings).get_version(job.model)
+    registry = Registry(settings)
+    ref = parse_model_ref(job.model)
+    # A pinned version already cached needs no registry at all (its files are checked when they load);
+    # anything else is looked up, in the SQLite file directly when the registry is the embedded one.
+    cached = registry.cached(ref.name, ref.version, verify=False) if ref.version is not None else None
+    info = cached.info if cached is not None else registry.get_version(ref)
     return {"name": info.name, "version": str(info.version), "task": info.task}
 
 
@@ -151,6 +157,7 @@ def run_batch(
         identity = _identity(job, input_print.sha256, model_identity, job.max_tokens)
         writer = ResumableWriter(output, identity, restart=job.restart)
         progress = writer.open()
+    failed = True
     try:
         resumed_from = progress.lines_done
         items_before = progress.items
@@ -171,9 +178,12 @@ def run_batch(
                 runtime_info = _run_local(run, timer)
         with timer.phase("finish"):
             writer.finish()
+        failed = False
     finally:
         with timer.phase("finish"):
             writer.close()
+            if failed:
+                writer.discard_if_unused()  # a job refused before its first commit leaves no files
     wall = time.perf_counter() - started
     progress = writer.progress
     this_run = progress.items - items_before
@@ -203,7 +213,7 @@ def run_batch(
         max_batch_tokens=runtime_info.get("max_batch_tokens"),
         batch_size=batch_size if isinstance(batch_size, int) else None,
         phases=timer.to_dict(),
-        extra={"calibration": runtime_info["calibration"]} if "calibration" in runtime_info else {},
+        extra={key: runtime_info[key] for key in ("calibration", "first_forward_s") if key in runtime_info},
     )
     if error_rate > job.max_error_rate:
         raise ErrorRateExceededError(
@@ -246,6 +256,7 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
     # On an accelerator, tokenizing and parsing the next chunk overlaps the current forward passes; on
     # a CPU they would only compete with the model for the same cores.
     encoded_chunks = _prefetch(map(encode, chunks)) if device != "cpu" else map(encode, chunks)
+    first_forward_s: float | None = None
     while True:
         # With the prefetch thread this is the wait for the next chunk, not its whole tokenising time.
         with timer.phase("read_tokenize"):
@@ -253,6 +264,8 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
         if pair is None:
             break
         chunk, encoded = pair
+        if first_forward_s is None:
+            first_forward_s = round(time.perf_counter() - run.started, 3)  # the fixed cost a job pays
         with timer.phase("forward"):
             predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
         with timer.phase("write"):
@@ -266,6 +279,7 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
         "tokens_this_run": run.tokens_this_run,
         "max_batch_tokens": budget,
         "calibration": calibration,
+        "first_forward_s": first_forward_s,
     }
 
 

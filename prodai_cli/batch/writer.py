@@ -72,6 +72,9 @@ class ResumableWriter:
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
         self._lock: BaseFileLock | None = None
+        # Files this run created from nothing, and whether it committed anything into them.
+        self._created = False
+        self._committed = False
 
     # ------------------------------------------------------------------------------------ opening
     def open(self) -> JobProgress:
@@ -115,6 +118,7 @@ class ResumableWriter:
                 )
             for path in (self.output, self.errors_path):
                 path.write_bytes(b"")
+            self._created = True
             self._write_manifest("running")
         self._out = open(self.output, "ab")  # noqa: SIM115 - closed in close()
         self._err = open(self.errors_path, "ab")  # noqa: SIM115
@@ -181,6 +185,7 @@ class ResumableWriter:
         progress.errors += len(errors)
         progress.truncated += truncated
         progress.tokens += tokens
+        self._committed = True
         self._write_manifest("running")
 
     def finish(self) -> None:
@@ -198,6 +203,23 @@ class ResumableWriter:
                 self.lock_path.unlink()
             self._lock.release()
             self._lock = None
+
+    def discard_if_unused(self) -> bool:
+        """Remove the output, errors file and manifest if this run created them and committed nothing.
+
+        A job refused after its output was opened (a Ray pool the cluster cannot place, a model that does
+        not load) then leaves no files behind. Outputs of earlier runs are never touched.
+
+        Returns:
+            True when files were removed.
+
+        """
+        if not self._created or self._committed:
+            return False
+        for path in (self.manifest_path, self.output, self.errors_path):  # manifest first: never a dangling one
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return True
 
     def _write_manifest(self, status: str) -> None:
         from prodai_cli.config import write_atomic

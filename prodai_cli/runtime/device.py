@@ -5,6 +5,7 @@ Errors are usage errors with the reason, raised before any model is loaded.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -31,6 +32,8 @@ def resolve_device(device: str = "auto") -> str:
     if not match:
         raise UsageError(f"Unknown device {device!r}", hint="Use auto, cpu, cuda, cuda:N or mps")
     name = match.group(1)
+    if name == "cpu" or (name == "auto" and not accelerator_possible()):
+        return "cpu"  # without importing torch or probing CUDA (over a second on a CPU-only machine)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -50,6 +53,23 @@ def resolve_device(device: str = "auto") -> str:
     if index >= count:
         raise UsageError(f"Device {device} does not exist: this machine has {count} CUDA GPU(s)")
     return f"cuda:{index}"
+
+
+def accelerator_possible() -> bool:
+    """False when this machine certainly has no GPU torch could use: no NVIDIA or AMD driver, not a Mac.
+
+    Cheap checks of device files only; when any says "maybe", torch is asked (``resolve_device``).
+    """
+    import sys
+
+    if sys.platform == "darwin":
+        return True  # Apple GPUs (mps) have no device file to look for
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False  # the user hid every GPU from this process
+    # /proc/driver/nvidia exists once the NVIDIA kernel driver is loaded; containers given a GPU see
+    # /dev/nvidia0 (or /dev/nvidiactl); /dev/kfd is AMD's ROCm driver, which torch also calls cuda.
+    markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return any(os.path.exists(path) for path in markers)
 
 
 def check_precision(precision: str, device: str) -> None:

@@ -479,3 +479,23 @@ def test_ray_engine_gives_the_same_output_as_local(project: Path, tiny_classifie
     )
     assert result.exit_code == 2
     assert "--ray-actors 64 needs 64 CPUs" in result.stderr
+    assert not list(project.glob("ray2*"))  # the refused job left no output, errors file or manifest
+
+
+def test_a_job_refused_before_its_first_commit_leaves_no_files(project: Path, tiny_classifier_dir: Path) -> None:
+    import shutil
+
+    broken = project / "broken-model"
+    shutil.copytree(tiny_classifier_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")  # passes the checks, fails to load
+    write_jsonl(project / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(make_texts(5))])
+    with pytest.raises(Exception, match="cannot load the model"):
+        run_batch(job(project, broken))
+    assert sorted(p.name for p in project.iterdir()) == ["broken-model", "in.jsonl"]
+    # An output an earlier run made is kept whatever this run does.
+    run_batch(job(project, tiny_classifier_dir))
+    before = (project / "out.jsonl").read_bytes()
+    with pytest.raises(ResumeRefusedError):
+        run_batch(job(project, broken))
+    assert (project / "out.jsonl").read_bytes() == before
+    assert json.loads((project / "out.manifest.json").read_text())["status"] == "complete"
