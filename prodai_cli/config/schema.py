@@ -496,6 +496,9 @@ class LoadtestConfig(Section):
         description="Gates the run must pass: pNN|avg|max < 200ms, error_rate < 1%, rps > 50",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="A request slower than this counts as failed")
+    preflight: bool = Field(
+        True, description="Send one request before any load; stop (exit 2) when it is refused (401, 403, 429)"
+    )
     scale_latency: bool = Field(
         False, description="Scale latency SLOs by the machine's measured CPU contention (a busy machine)"
     )
