@@ -23,6 +23,7 @@ from prodai_cli.errors import ModelNotFoundError, ProdaiError
 if TYPE_CHECKING:
     import httpx
 
+    from prodai_cli.abconfig import StaleVariant
     from prodai_cli.checks.context import CheckContext, ServedVersion
     from prodai_cli.registry import ModelVersionInfo
 
@@ -145,6 +146,17 @@ def check_registry(ctx: CheckContext) -> CheckResult:
             "; ".join(problems + notes),
             "Serve registered versions: prodai register DIR --name NAME, then prodai serve --model NAME@production",
         )
+    stale = _stale_variants(ctx)
+    if stale:
+        from prodai_cli.abconfig import resplit_command
+
+        model = ctx.settings.config.ab.model or ""
+        return warned(
+            "registry",
+            "; ".join(notes + [f"{s.describe(model)}: it still serves v{s.version}" for s in stale]),
+            f"Make the variants follow their aliases again: {resplit_command(ctx.settings.config)} "
+            "(the server picks the new split up without a restart)",
+        )
     if not aliased:
         if ctx.pending_alias:
             notes.append(f"alias {ctx.pending_alias} moves here when ship passes")
@@ -157,6 +169,16 @@ def check_registry(ctx: CheckContext) -> CheckResult:
             f"{names[0]} {registered[0].version} --alias production",
         )
     return passed("registry", "; ".join(notes))
+
+
+def _stale_variants(ctx: CheckContext) -> list[StaleVariant]:
+    """A/B variants set by alias whose alias moved since (see docs/ab.md); empty when that cannot be asked."""
+    from prodai_cli.abconfig import registry_alias_version, stale_variants
+
+    try:
+        return stale_variants(ctx.settings.config, registry_alias_version(ctx.settings))
+    except ProdaiError:
+        return []
 
 
 def check_docs(ctx: CheckContext) -> CheckResult:

@@ -128,6 +128,12 @@ class ABVariantConfig(Section):
         "or an alias, resolved when the server loads"
     )
     weight: float = Field(ge=0, le=1, description="Share of traffic, 0..1; all weights sum to 1")
+    alias: str | None = Field(
+        None,
+        pattern=rf"^{AB_ALIAS_PATTERN}$",
+        description="The alias ab-set resolved to `version`; when the alias moves, ab-show, check and ship flag "
+        "the variant as stale (it keeps serving `version` until ab-set runs again)",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
