@@ -11,7 +11,8 @@ Tree::
     │   └── ResumeRefusedError exit 2  an existing batch output belongs to another input, model or settings
     ├── RegistryError          exit 1  the model registry refused or failed an operation
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
-    │   └── InvalidModelError  exit 1  a directory that is not a loadable transformers model
+    │   ├── InvalidModelError  exit 1  a directory that is not a loadable transformers model
+    │   └── InUseError         exit 1  a version or alias that an A/B split, the config or a deployment uses
     ├── InputError             exit 1  an input file that cannot be read
     ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
     │   └── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
@@ -70,6 +71,10 @@ class ModelNotFoundError(RegistryError):
 
 class InvalidModelError(RegistryError):
     """A directory is not a loadable transformers model."""
+
+
+class InUseError(RegistryError):
+    """A version or alias cannot be deleted: an A/B split, the serving config or a deployment uses it."""
 
 
 class InputError(ProdaiError):

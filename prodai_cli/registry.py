@@ -409,6 +409,37 @@ class Registry:
             self.client.set_registered_model_alias(name, alias, str(current.version))
         return previous
 
+    def delete_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` from ``name``; return the version it pointed at.
+
+        Raises:
+            ModelNotFoundError: No such model or alias.
+
+        """
+        validate_alias(alias)
+        version = self.get_version(ModelRef(name=name, alias=alias)).version
+        with self._errors(f"Deleting alias {name}@{alias}"):
+            self.client.delete_registered_model_alias(name, alias)
+        return version
+
+    def delete_version(self, name: str, version: int) -> list[str]:
+        """Delete version ``version`` of ``name`` (and its local cached copy); return the aliases it had.
+
+        MLflow drops the aliases of a deleted version with it; callers that must not lose an alias check
+        first (see :mod:`prodai_cli.model_deletion`).
+
+        Raises:
+            ModelNotFoundError: No such model or version.
+
+        """
+        import shutil
+
+        info = self.get_version(ModelRef(name=name, version=version))
+        with self._errors(f"Deleting {name}/{version}"):
+            self.client.delete_model_version(name, str(version))
+        shutil.rmtree(self._cache_dir(name, version), ignore_errors=True)
+        return list(info.aliases)
+
     def set_version_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
         """Set tags on a model version (evidence of load tests, ship reports)."""
         with self._errors(f"Tagging {name}/{version}"):
