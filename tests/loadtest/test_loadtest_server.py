@@ -187,7 +187,11 @@ def test_summary_reaches_mlflow_on_the_deployed_version(served: Any, tmp_path: P
     assert code == 0, stderr
     assert summary is not None and summary["target"]["deployment"] == "local"
     run_id = summary["mlflow"]["run_id"]
-    assert summary["mlflow"] == {"run_id": run_id, "model": "clf", "version": 1}
+    mlflow = summary["mlflow"]
+    assert {k: mlflow[k] for k in ("run_id", "model", "version")} == {"run_id": run_id, "model": "clf", "version": 1}
+    # Only v1 answered (the server serves clf@production): one run, on the named version.
+    assert mlflow["runs"] == [{"run_id": run_id, "model": "clf", "version": 1, "passed": True}]
+    assert mlflow["named_answered"] is True and summary["mixed"] is False
 
     from mlflow.tracking import MlflowClient
 
