@@ -262,12 +262,19 @@ def _ab_mutation(model: str, variants: Sequence[ResolvedVariant]) -> Callable[[A
             del current[name]
         for variant in variants:
             entry = current.get(variant.name)
+            alias = variant.ref if isinstance(variant.ref, str) else None
             if isinstance(entry, CommentedMap) and not entry.fa.flow_style():
                 # Edit in place so comments on the variant's lines survive.
                 entry["version"] = variant.version
                 entry["weight"] = variant.weight
+                if alias is not None:
+                    entry["alias"] = alias
+                elif "alias" in entry:
+                    del entry["alias"]
             else:
-                current[variant.name] = CommentedMap([("version", variant.version), ("weight", variant.weight)])
+                fields = [("version", variant.version), ("weight", variant.weight)]
+                # The alias it came from: ab-show, check and ship compare it with where the alias points now.
+                current[variant.name] = CommentedMap(fields + ([("alias", alias)] if alias is not None else []))
 
     return mutate
 
@@ -321,6 +328,80 @@ def ab_set(settings: Settings, args: Sequence[str], *, model: str | None = None,
     resolved = resolve_variants(requests, name, lambda ref: registry.get_version(ref).version)
     path = settings.path or settings.root / CONFIG_FILENAME
     return write_ab_variants(path, name, resolved, dry_run=dry_run)
+
+
+# --------------------------------------------------------------------------------------------- stale variants
+
+
+@dataclass(frozen=True)
+class StaleVariant:
+    """An A/B variant set by alias whose alias has since moved to another version.
+
+    The server keeps serving ``version`` (what ab-set stored): a variant follows its alias only when ab-set
+    runs again. This is the documented behaviour (docs/ab.md); ab-show, check and ship say so.
+    """
+
+    name: str
+    version: int
+    alias: str
+    now: int | None
+
+    def describe(self, model: str) -> str:
+        """``variant production serves clf/1, but alias production now points at v2``."""
+        where = f"now points at v{self.now}" if self.now is not None else "no longer exists"
+        return f"A/B variant {self.name} serves {model}/{self.version}, but alias {self.alias} {where}"
+
+
+def stale_variants(config: ProdaiConfig, alias_version: Callable[[str, str], int | None]) -> list[StaleVariant]:
+    """The configured variants whose recorded alias now points elsewhere (empty when A/B is off).
+
+    Args:
+        config: The config whose ``ab`` section is read.
+        alias_version: ``(model, alias) -> version`` (None when the alias is gone).
+
+    """
+    ab = config.ab
+    if not ab.enabled or not ab.model:
+        return []
+    stale = []
+    for name, spec in ab.variants.items():
+        if spec.alias is None or not isinstance(spec.version, int):
+            continue
+        now = alias_version(ab.model, spec.alias)
+        if now != spec.version:
+            stale.append(StaleVariant(name=name, version=spec.version, alias=spec.alias, now=now))
+    return stale
+
+
+def registry_alias_version(settings: Settings) -> Callable[[str, str], int | None]:
+    """An ``alias_version`` for :func:`stale_variants` that asks the settings' registry."""
+    from prodai_cli.refs import ModelRef
+    from prodai_cli.registry import Registry
+
+    registry = Registry(settings)
+
+    def lookup(model: str, alias: str) -> int | None:
+        try:
+            return registry.get_version(ModelRef(name=model, alias=alias)).version
+        except ModelNotFoundError:
+            return None
+
+    return lookup
+
+
+def resplit_command(config: ProdaiConfig) -> str:
+    """``prodai ab-set production=90% v2=10% --model clf``: today's split, written so ab-set re-resolves it.
+
+    A variant set by alias is named after it, so the same command resolves each alias again.
+    """
+    ab = config.ab
+    parts = []
+    for name, spec in ab.variants.items():
+        weight = f"{Decimal(str(spec.weight)) * 100:f}"
+        if "." in weight:
+            weight = weight.rstrip("0").rstrip(".")
+        parts.append(f"{name}={weight}%")
+    return f"prodai ab-set {' '.join(parts)} --model {ab.model}"
 
 
 # --------------------------------------------------------------------------------------------- ab-show
@@ -406,20 +487,48 @@ def ab_show(
     url: str | None = None,
     api_key: str | None = None,
     interval_s: float = 0.0,
+    alias_version: Callable[[str, str], int | None] | None = None,
 ) -> dict[str, Any]:
     """The configured split and, given a server URL, the live share of its traffic per variant.
 
+    Args:
+        config: The config whose ``ab`` section is shown.
+        url: A running server to read the live traffic from.
+        api_key: Key sent to that server.
+        interval_s: Count the traffic of the next seconds (0: since the server started).
+        alias_version: ``(model, alias) -> version`` (see :func:`registry_alias_version`): flags variants
+            whose alias moved since ab-set (``stale``); None skips that.
+
     Returns:
-        ``{enabled, model, variants: {name: {version, weight, requests, share}}, url, total_requests,
-        other_variants}``; ``other_variants`` holds traffic of variants the config does not name (a server
-        not yet reloaded, or A/B off).
+        ``{enabled, model, variants: {name: {version, weight, alias, stale, alias_now, requests, share}}, url,
+        total_requests, other_variants, stale, resplit}``; ``other_variants`` holds traffic of variants the
+        config does not name (a server not yet reloaded, or A/B off); ``stale`` describes each stale
+        variant and ``resplit`` is the ab-set command that makes them follow their aliases again.
 
     """
     ab = config.ab
     variants: dict[str, dict[str, Any]] = {
-        name: {"version": spec.version, "weight": spec.weight, "requests": None, "share": None}
+        name: {
+            "version": spec.version,
+            "weight": spec.weight,
+            "alias": spec.alias,
+            "stale": False,
+            "alias_now": None,
+            "requests": None,
+            "share": None,
+        }
         for name, spec in ab.variants.items()
     }
+    stale: list[StaleVariant] = []
+    stale_error = None
+    if alias_version is not None:
+        try:
+            stale = stale_variants(config, alias_version)
+        except ProdaiError as exc:
+            # The split is still worth showing when the registry cannot be asked.
+            stale_error = f"aliases not checked: {exc.message}"
+    for variant in stale:
+        variants[variant.name].update(stale=True, alias_now=variant.now)
     result: dict[str, Any] = {
         "enabled": ab.enabled,
         "model": ab.model,
@@ -428,6 +537,9 @@ def ab_show(
         "interval_s": interval_s if url else None,
         "total_requests": None,
         "other_variants": {},
+        "stale": [variant.describe(ab.model or "") for variant in stale],
+        "resplit": resplit_command(config) if stale else None,
+        "stale_error": stale_error,
     }
     if not url:
         return result

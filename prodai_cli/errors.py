@@ -12,7 +12,8 @@ Tree::
     ├── RegistryError          exit 1  the model registry refused or failed an operation
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
     │   ├── InvalidModelError  exit 1  a directory that is not a loadable transformers model
-    │   └── ModelIntegrityError exit 1 cached model files that do not match the hashes recorded for them
+    │   ├── ModelIntegrityError exit 1 cached model files that do not match the hashes recorded for them
+    │   └── InUseError         exit 1  a version or alias that an A/B split, the config or a deployment uses
     ├── InputError             exit 1  an input file that cannot be read
     ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
     │   └── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
@@ -81,6 +82,10 @@ class InvalidModelError(RegistryError):
 
 class ModelIntegrityError(RegistryError):
     """A cached version's files do not match the SHA-256 manifest recorded when they were cached."""
+
+
+class InUseError(RegistryError):
+    """A version or alias cannot be deleted: an A/B split, the serving config or a deployment uses it."""
 
 
 class InputError(ProdaiError):

@@ -189,6 +189,7 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
         model = auto.from_pretrained(str(model_dir))
     except Exception as exc:
         raise InvalidModelError(f"{model_dir}: cannot load the model: {first_line(exc)}") from None
+    _check_vocabulary(model_dir, tokenizer, model)
     pipeline = transformers.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tokenizer)
     _check_forward_pass(model_dir, pipeline, task)
     return pipeline
@@ -197,6 +198,35 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
 # Files a saved tokenizer leaves (any one is enough; *.model is a SentencePiece file).
 TOKENIZER_FILES = frozenset({"tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model"})
 SAMPLE_TEXT = "prodai checks that this model answers."
+
+
+def _check_vocabulary(model_dir: Path, tokenizer: Any, model: Any) -> None:
+    """The tokenizer must fit the model: every token id has an embedding row, and most rows have a token.
+
+    A tokenizer larger than the embedding makes some texts crash the model (an id past the last row); one far
+    smaller is another model's tokenizer, or one saved without its vocabulary (transformers then builds
+    a tokenizer of its special tokens only, which "works" and answers nonsense). Models round their
+    embedding up (to a multiple of 8, 64 or 128), so a tokenizer somewhat smaller is normal; fewer tokens
+    than half the rows is not.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is None:
+        return  # no token embedding to compare with (not a text model prodai serves)
+    rows = int(weight.shape[0])
+    size = len(tokenizer)
+    if size > rows:
+        raise InvalidModelError(
+            f"{model_dir}: the tokenizer has {size:,} entries but the model's embedding has {rows:,} rows: "
+            f"a text with a token id of {rows:,} or more would crash the model",
+            hint="Register the tokenizer the model was trained with (tokenizer.save_pretrained(DIR) beside it)",
+        )
+    if size * 2 < rows:
+        raise InvalidModelError(
+            f"{model_dir}: the tokenizer has {size:,} entries but the model's embedding has {rows:,} rows: "
+            "it is not this model's tokenizer (or it was saved without its vocabulary)",
+            hint="Register the tokenizer the model was trained with (tokenizer.save_pretrained(DIR) beside it)",
+        )
 
 
 def _check_forward_pass(model_dir: Path, pipeline: Any, task: str) -> None:
@@ -389,6 +419,37 @@ class Registry:
                 previous = None
             self.client.set_registered_model_alias(name, alias, str(current.version))
         return previous
+
+    def delete_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` from ``name``; return the version it pointed at.
+
+        Raises:
+            ModelNotFoundError: No such model or alias.
+
+        """
+        validate_alias(alias)
+        version = self.get_version(ModelRef(name=name, alias=alias)).version
+        with self._errors(f"Deleting alias {name}@{alias}"):
+            self.client.delete_registered_model_alias(name, alias)
+        return version
+
+    def delete_version(self, name: str, version: int) -> list[str]:
+        """Delete version ``version`` of ``name`` (and its local cached copy); return the aliases it had.
+
+        MLflow drops the aliases of a deleted version with it; callers that must not lose an alias check
+        first (see :mod:`prodai_cli.model_deletion`).
+
+        Raises:
+            ModelNotFoundError: No such model or version.
+
+        """
+        import shutil
+
+        info = self.get_version(ModelRef(name=name, version=version))
+        with self._errors(f"Deleting {name}/{version}"):
+            self.client.delete_model_version(name, str(version))
+        shutil.rmtree(self._cache_dir(name, version), ignore_errors=True)
+        return list(info.aliases)
 
     def set_version_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
         """Set tags on a model version (evidence of load tests, ship reports)."""

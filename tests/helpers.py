@@ -28,7 +28,10 @@ def build_tiny_model(directory: Path, task: str = "text-classification", seed: i
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), model_max_length=128)
+    # transformers 5 takes the vocabulary as `vocab` and silently ignores `vocab_file` (4.x's name): given only
+    # the file, it saved a tokenizer of the 5 special tokens, and every text became [UNK]s. Both are given.
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(VOCAB))}
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), vocab=vocab, model_max_length=128)
     labels = ["NEGATIVE", "POSITIVE", "NEUTRAL", "MIXED"][:num_labels]
     config = BertConfig(
         vocab_size=len(VOCAB),

@@ -23,6 +23,7 @@ from prodai_cli.errors import ModelNotFoundError, ProdaiError
 if TYPE_CHECKING:
     import httpx
 
+    from prodai_cli.abconfig import StaleVariant
     from prodai_cli.checks.context import CheckContext, ServedVersion
     from prodai_cli.registry import ModelVersionInfo
 
@@ -39,7 +40,10 @@ EXPECTED_SERIES = (
 )
 # A refused key-less request during the auth-failure lockout: wait this long at most, once, and ask again.
 MAX_RETRY_AFTER_WAIT_S = 15.0
-BURST_CONCURRENCY = 16
+# The burst sends a wave of requests all at once: on a busy machine a server answers fewer requests a second
+# than its limit refills, so a few requests at a time never drain the bucket, while a wave sized from the
+# advertised limit reaches the limiter faster than it refills. A wave never opens more connections than this.
+BURST_MAX_WAVE = 256
 LOG_WAIT_S = 3.0
 
 
@@ -142,6 +146,17 @@ def check_registry(ctx: CheckContext) -> CheckResult:
             "; ".join(problems + notes),
             "Serve registered versions: prodai register DIR --name NAME, then prodai serve --model NAME@production",
         )
+    stale = _stale_variants(ctx)
+    if stale:
+        from prodai_cli.abconfig import resplit_command
+
+        model = ctx.settings.config.ab.model or ""
+        return warned(
+            "registry",
+            "; ".join(notes + [f"{s.describe(model)}: it still serves v{s.version}" for s in stale]),
+            f"Make the variants follow their aliases again: {resplit_command(ctx.settings.config)} "
+            "(the server picks the new split up without a restart)",
+        )
     if not aliased:
         if ctx.pending_alias:
             notes.append(f"alias {ctx.pending_alias} moves here when ship passes")
@@ -156,13 +171,27 @@ def check_registry(ctx: CheckContext) -> CheckResult:
     return passed("registry", "; ".join(notes))
 
 
+def _stale_variants(ctx: CheckContext) -> list[StaleVariant]:
+    """A/B variants set by alias whose alias moved since (see docs/ab.md); empty when that cannot be asked."""
+    from prodai_cli.abconfig import registry_alias_version, stale_variants
+
+    try:
+        return stale_variants(ctx.settings.config, registry_alias_version(ctx.settings))
+    except ProdaiError:
+        return []
+
+
 def check_docs(ctx: CheckContext) -> CheckResult:
     """``/docs`` and ``/openapi.json`` answer, and every served version has a description."""
     docs = ctx.client.get("/docs")
     spec = ctx.client.get("/openapi.json")
     problems = []
+    assets_note = ""
     if docs.status_code != 200:
         problems.append(f"/docs answered {docs.status_code}")
+    else:
+        offline_problems, assets_note = _docs_offline(ctx, docs.text)
+        problems.extend(offline_problems)
     paths: dict[str, object] = {}
     if spec.status_code == 200:
         try:
@@ -186,17 +215,43 @@ def check_docs(ctx: CheckContext) -> CheckResult:
     if undescribed:
         problems.append(f"no description: {', '.join(undescribed)}")
     problems.extend(served_problems)
-    evidence = f"/docs {docs.status_code}, /openapi.json {spec.status_code} ({len(paths)} paths)"
+    evidence = f"/docs {docs.status_code}{assets_note}, /openapi.json {spec.status_code} ({len(paths)} paths)"
     if described:
         evidence += f"; described: {', '.join(described)}"
     if problems:
-        return failed(
-            "docs",
-            f"{evidence}; {'; '.join(problems)}",
-            "Describe versions when registering (prodai register DIR --name NAME --description TEXT); "
-            "an existing version's description can be set in the MLflow UI",
-        )
+        offline = any("external host" in p or "asset" in p or "no script" in p for p in problems)
+        hints = []
+        if offline:
+            hints.append(
+                "Serve /docs with its assets from the server itself (prodai serve does: Swagger UI from the "
+                "swagger-ui-bundle package under /docs/assets/)"
+            )
+        if undescribed or not offline:
+            hints.append(
+                "Describe versions when registering (prodai register DIR --name NAME --description TEXT); "
+                "an existing version's description can be set in the MLflow UI"
+            )
+        hint = "; ".join(hints)
+        return failed("docs", f"{evidence}; {'; '.join(problems)}", hint)
     return passed("docs", evidence)
+
+
+def _docs_offline(ctx: CheckContext, html: str) -> tuple[list[str], str]:
+    """Problems with ``/docs`` offline (assets from other hosts, or its own assets not answering), and a note."""
+    from prodai_cli.serving.docs import external_hosts, local_assets
+
+    problems = []
+    hosts = external_hosts(html)
+    if hosts:
+        problems.append(f"/docs loads assets from external host(s) {', '.join(hosts)}: it is blank offline")
+    assets = local_assets(html)
+    broken = [f"{path} {status}" for path in assets if (status := ctx.client.get(path).status_code) != 200]
+    if broken:
+        problems.append(f"/docs assets do not answer: {', '.join(broken)}")
+    if not assets and not hosts:
+        problems.append("/docs loads no script: it is not an interactive API page")
+    note = f" ({len(assets)} assets served by the server, no external host)" if assets and not problems else ""
+    return problems, note
 
 
 def _metric_names(text: str) -> set[str]:
@@ -472,12 +527,13 @@ def check_security(ctx: CheckContext) -> CheckResult:
 
 
 async def _burst(
-    ctx: CheckContext, key: str | None, text: str, total: int
-) -> tuple[httpx.Response | None, Counter[int], int, float]:
-    """Send up to ``total`` identical requests, 16 at a time, until one gets 429.
+    ctx: CheckContext, key: str | None, text: str, total: int, wave: int
+) -> tuple[httpx.Response | None, Counter[int], int, float, int | None]:
+    """Send up to ``total`` identical requests in waves of ``wave`` at once, until one gets 429.
 
     Returns:
-        The first 429 (or None), the statuses seen, the requests sent and the seconds taken.
+        The first 429 (or None), the statuses seen, the requests sent, the seconds taken, and the lowest
+        ``RateLimit-Remaining`` an admitted request carried (None when no answer had one).
 
     """
     import asyncio
@@ -487,27 +543,36 @@ async def _burst(
     headers = ctx.headers(key)
     statuses: Counter[int] = Counter()
     refused: list[httpx.Response] = []
+    lowest: list[int] = []
     sent = 0
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=BURST_CONCURRENCY, max_keepalive_connections=BURST_CONCURRENCY)
+    limits = httpx.Limits(max_connections=wave, max_keepalive_connections=wave)
     timeout = ctx.settings.config.check.request_timeout_s
     async with httpx.AsyncClient(base_url=ctx.url, timeout=timeout, limits=limits) as client:
 
-        async def worker() -> None:
-            nonlocal sent
-            while sent < total and not refused:
-                sent += 1
-                response = await client.post("/predict", json={"text": text}, headers=headers)
-                statuses[response.status_code] += 1
-                if response.status_code == 429 and not refused:
-                    refused.append(response)
+        async def one() -> None:
+            response = await client.post("/predict", json={"text": text}, headers=headers)
+            statuses[response.status_code] += 1
+            remaining = response.headers.get("ratelimit-remaining", "")
+            if response.status_code == 429:
+                refused.append(response)
+            elif remaining.isdigit():
+                lowest.append(int(remaining))
 
-        await asyncio.gather(*(worker() for _ in range(BURST_CONCURRENCY)))
-    return (refused[0] if refused else None), statuses, sent, time.monotonic() - started
+        while sent < total and not refused:
+            size = min(wave, total - sent)
+            sent += size
+            await asyncio.gather(*(one() for _ in range(size)))
+    return (refused[0] if refused else None), statuses, sent, time.monotonic() - started, min(lowest, default=None)
 
 
 def check_rate_limit(ctx: CheckContext) -> CheckResult:
-    """A burst from a key dedicated to checks ends in 429 with ``Retry-After``."""
+    """A burst from a key dedicated to checks ends in 429 with ``Retry-After``.
+
+    The burst comes in waves sized from the limit the server advertises (``RateLimit-Limit``), each sent at
+    once, so it outruns the refill even when the server is slow; only a 429 passes (a server that merely
+    sends the headers, or none, fails).
+    """
     import asyncio
 
     key: str | None = None
@@ -528,8 +593,11 @@ def check_rate_limit(ctx: CheckContext) -> CheckResult:
     limit = first.headers.get("ratelimit-limit")
     cfg = ctx.settings.config
     budget = cfg.check.burst_max_requests
-    total = min(budget, 2 * int(limit) + 20) if limit and limit.isdigit() else min(budget, 200)
-    refused, statuses, sent, seconds = asyncio.run(_burst(ctx, key, text, total))
+    # Twice the limit and some: the refill during one wave cannot admit all of it.
+    wave = 2 * int(limit) + 20 if limit and limit.isdigit() else 200
+    wave = min(wave, BURST_MAX_WAVE, budget)
+    # Three waves: a server that admits all three is not limiting at the rate it advertises.
+    refused, statuses, sent, seconds, lowest = asyncio.run(_burst(ctx, key, text, min(budget, 3 * wave), wave))
     seen = ", ".join(f"{status} x{count}" for status, count in sorted(statuses.items()))
     who = "the probe key" if key else "no key (auth off: the per-IP limit)"
     if refused is not None:
@@ -539,13 +607,18 @@ def check_rate_limit(ctx: CheckContext) -> CheckResult:
             for name in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
             if name in refused.headers
         )
-        evidence = f"burst with {who}: 429 after {sent} requests in {seconds:.1f} s ({seen}); Retry-After: {retry}"
+        evidence = (
+            f"burst with {who}: 429 after {sent} requests (waves of {wave}) in {seconds:.1f} s ({seen}); "
+            f"Retry-After: {retry}"
+        )
         if headers:
             evidence += f"; {headers}"
         if not (retry.isdigit() and int(retry) >= 1):
             return failed("rate_limit", evidence, "A 429 must say when to come back: send Retry-After (seconds)")
         return passed("rate_limit", evidence)
-    evidence = f"burst with {who}: no 429 in {sent} requests ({seconds:.1f} s; {seen})"
+    evidence = f"burst with {who}: no 429 in {sent} requests (waves of {wave}; {seconds:.1f} s; {seen})"
+    if lowest is not None:
+        evidence += f"; lowest RateLimit-Remaining seen: {lowest}"
     if not cfg.rate_limit.enabled:
         hint = "Set rate_limit.enabled: true in prodai.yaml (per key and per IP, with burst)"
     elif limit is None:
@@ -559,10 +632,15 @@ def check_rate_limit(ctx: CheckContext) -> CheckResult:
 
 
 def check_loadtest(ctx: CheckContext) -> CheckResult:
-    """Every served version passed a load test (``prodai loadtest`` or ``prodai ship``) recently enough."""
+    """Every served version passed a load test (``prodai loadtest`` or ``prodai ship``) recently enough.
+
+    A run that several versions answered (an A/B split) counts for each of them on its own figures; the
+    evidence says so. The fix hint names the version that lacks a load test, not merely the first one served.
+    """
     max_days = ctx.settings.config.check.loadtest_max_age_days
     registered, problems = _served_registered(ctx)
     notes = []
+    untested: list[ServedVersion] = []
     for served in registered:
         try:
             tags = _registry_info(ctx, served).tags
@@ -572,22 +650,33 @@ def check_loadtest(ctx: CheckContext) -> CheckResult:
         verdict = tags.get("prodai.loadtest.passed")
         days = _age(tags.get("prodai.loadtest.at"))
         run = (tags.get("prodai.loadtest.run_id") or "")[:8]
+        mixed = tags.get("prodai.loadtest.mixed") or ""
+        shared = f"; the run was mixed: {mixed}" if mixed else ""
         if verdict is None:
             problems.append(f"{served} was never load-tested")
+            untested.append(served)
         elif verdict != "true":
             ago = f" {_show_age(days)} ago" if days is not None else ""
-            problems.append(f"{served}: its last load test failed{ago} (run {run})")
+            problems.append(f"{served}: its last load test failed{ago} (run {run}{shared})")
+            untested.append(served)
         elif days is None or days > max_days:
             shown = _show_age(days) if days is not None else "of unknown age"
             problems.append(f"{served}: its last passing load test is {shown} old (max {max_days:g} days)")
+            untested.append(served)
         else:
-            notes.append(f"{served} passed {_show_age(days)} ago (run {run})")
+            requests = tags.get("prodai.loadtest.requests")
+            own = f", {requests} requests answered by it" if mixed and requests else ""
+            notes.append(f"{served} passed {_show_age(days)} ago (run {run}{own}{shared})")
     if problems:
-        example = str(registered[0]) if registered else "NAME/VERSION"
+        example = str(untested[0]) if untested else str(registered[0]) if registered else "NAME/VERSION"
+        # Behind an A/B split a load test reaches every arm only with many user ids; its evidence then goes
+        # to each version that answered.
+        spread = " --user-ids 100" if len(registered) > 1 else ""
         return failed(
             "loadtest",
             "; ".join(problems + notes),
-            f"prodai loadtest --url {ctx.url} --model {example} (or prodai ship {example}, which load-tests first)",
+            f"prodai loadtest --url {ctx.url} --model {example}{spread} (or prodai ship {example}, which "
+            "load-tests first)",
         )
     return passed("loadtest", "; ".join(notes))
 

@@ -67,10 +67,13 @@ def show_command(
 
     Example: prodai ab-show --url http://127.0.0.1:8000 --interval 10
     """
-    from prodai_cli.abconfig import ab_show
+    from prodai_cli.abconfig import ab_show, registry_alias_version
 
     out = console(ctx, json_flag)
-    data = ab_show(settings(ctx).config, url=url, api_key=api_key, interval_s=interval)
+    conf = settings(ctx)
+    data = ab_show(
+        conf.config, url=url, api_key=api_key, interval_s=interval, alias_version=registry_alias_version(conf)
+    )
     if out.json_mode:
         out.result(data)
         return
@@ -80,10 +83,18 @@ def show_command(
     columns = ["variant", "version", "weight"] + (["requests", "live share"] if url else [])
     rows = []
     for name, entry in [*data["variants"].items(), *data["other_variants"].items()]:
-        row = [name, entry.get("version", "(not configured)"), f"{entry['weight']:.1%}" if "weight" in entry else ""]
+        version = str(entry.get("version", "(not configured)"))
+        if entry.get("stale"):
+            now = f"v{entry['alias_now']}" if entry.get("alias_now") is not None else "gone"
+            version += f" (stale: {entry['alias']} -> {now})"
+        row = [name, version, f"{entry['weight']:.1%}" if "weight" in entry else ""]
         if url:
             share = entry["share"]
             row += [f"{entry['requests']:.0f}", "" if share is None else f"{share:.1%}"]
         rows.append(row)
     if rows:
         out.table(columns, rows, title=f"A/B {state}: {data['model'] or '(no model)'}")
+    for line in data["stale"]:
+        out.warning(f"{line}: it keeps serving the old version until ab-set runs again")
+    if data["resplit"]:
+        out.info(f"Follow the aliases again: {data['resplit']}")

@@ -224,10 +224,25 @@ def _render(out: Console, result: LoadtestResult) -> None:
                 title="Per variant",
             )
     mlflow = summary.get("mlflow") or {}
-    if mlflow.get("error"):
-        out.warning(f"The summary was not logged to the registry: {mlflow['error']}")
-    elif mlflow.get("run_id"):
-        out.info(f"Logged to {mlflow['model']} version {mlflow['version']} (MLflow run {mlflow['run_id']})")
+    runs = mlflow.get("runs") or ([mlflow] if mlflow else [])
+    answered = ", ".join(
+        f"v{version} ({row.get('requests', 0)} requests)"
+        for version, row in (summary.get("versions") or {}).items()
+        if version.isdigit()
+    )
+    if mlflow and not mlflow.get("named_answered", True):
+        out.warning(
+            f"{mlflow['model']}/{mlflow['named']} answered none of the requests: the server answered with "
+            f"{answered}, so the evidence is logged there"
+        )
+    elif summary.get("mixed"):
+        out.warning(f"Several versions answered this run: {answered}; each is judged and logged on its own figures")
+    for run in runs:
+        if run.get("error"):
+            out.warning(f"The summary was not logged to {run['model']} version {run['version']}: {run['error']}")
+        elif run.get("run_id"):
+            verdict = "" if "passed" not in run else (" (passed)" if run["passed"] else " (failed)")
+            out.info(f"Logged to {run['model']} version {run['version']}{verdict} (MLflow run {run['run_id']})")
     out.info(f"Reports: {result.report_dir}")
     if result.passed:
         out.success(f"All {len(result.results)} SLOs hold")

@@ -1,4 +1,4 @@
-"""prodai models: list, show, promote and resolve registered models."""
+"""prodai models: list, show, promote, delete and resolve registered models."""
 
 from __future__ import annotations
 
@@ -69,6 +69,47 @@ def promote(
     out.result({"name": name, "alias": alias, "version": version, "previous": previous})
     before = f"was version {previous}" if previous is not None else "was unset"
     out.success(f"{name}@{alias} -> version {version} ({before})")
+
+
+@app.command("delete-alias")
+def delete_alias(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to delete.")],
+    json_flag: JsonOption = False,
+) -> None:
+    """Delete ALIAS of NAME, unless the A/B split or the serving config uses it (exit 1, naming each user).
+
+    The version it pointed at stays. Exit 0 deleted, 1 unknown or in use.
+
+    Example: prodai models delete-alias sentiment staging
+    """
+    from prodai_cli.model_deletion import delete_alias as delete
+
+    out = console(ctx, json_flag)
+    result = delete(settings(ctx), name, alias)
+    out.result(result, human=f"Deleted {name}@{alias} (it pointed at version {result['version']})")
+
+
+@app.command("delete-version")
+def delete_version(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Argument(help="Version to delete.")],
+    json_flag: JsonOption = False,
+) -> None:
+    """Delete VERSION of NAME and its cached files, unless something uses it (exit 1, naming each user).
+
+    Users: an alias pointing at it, the A/B split, the serving config, a deployment that is not stopped.
+    Exit 0 deleted, 1 unknown or in use.
+
+    Example: prodai models delete-version sentiment 2
+    """
+    from prodai_cli.model_deletion import delete_version as delete
+
+    out = console(ctx, json_flag)
+    result = delete(settings(ctx), name, version)
+    out.result(result, human=f"Deleted {name} version {version}")
 
 
 @app.command("resolve")

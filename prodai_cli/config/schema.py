@@ -130,6 +130,12 @@ class ABVariantConfig(Section):
         "or an alias, resolved when the server loads"
     )
     weight: float = Field(ge=0, le=1, description="Share of traffic, 0..1; all weights sum to 1")
+    alias: str | None = Field(
+        None,
+        pattern=rf"^{AB_ALIAS_PATTERN}$",
+        description="The alias ab-set resolved to `version`; when the alias moves, ab-show, check and ship flag "
+        "the variant as stale (it keeps serving `version` until ab-set runs again)",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -507,6 +513,9 @@ class LoadtestConfig(Section):
         description="Gates the run must pass: pNN|avg|max < 200ms, error_rate < 1%, rps > 50",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="A request slower than this counts as failed")
+    preflight: bool = Field(
+        True, description="Send one request before any load; stop (exit 2) when it is refused (401, 403, 429)"
+    )
     scale_latency: bool = Field(
         False, description="Scale latency SLOs by the machine's measured CPU contention (a busy machine)"
     )

@@ -44,6 +44,8 @@ RUNTIME_PACKAGES = (
     "prometheus-client",
     "hiredis",
     "httpx",
+    # /docs serves Swagger UI's assets from this package (prodai_cli/serving/docs.py): no CDN, works offline.
+    "swagger-ui-bundle",
 )
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 ENV_CACHE_DIR = "PRODAI_CACHE_DIR"

@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 from array import array
 import sys
@@ -44,6 +43,7 @@ from locust.runners import WorkerRunner
 from locust.stats import RequestStats, StatsEntry, StatsError
 
 from prodai_cli.loadtest import locustfile
+from prodai_cli.loadtest.summary import exact_percentile, variants, versions
 from prodai_cli.slo import percentile_key
 
 CSV_PREFIX = "locust"
@@ -190,15 +190,11 @@ class Window:
             figures["total"][key] = exact_percentile(total, percent)
             for entry in figures["entries"]:
                 entry[key] = exact_percentile(by_name.get((entry["name"], entry["method"]), []), percent)
+        # Per variant and per answering version, from the same recorded times (a version may have answered
+        # under several variants, a variant may have been answered by several versions).
+        figures["variants"] = variants(figures["entries"], by_name, percentiles)
+        figures["versions"] = versions(figures["entries"], by_name, percentiles)
         return figures
-
-
-def exact_percentile(ordered: list[float], percent: float) -> float | None:
-    """The nearest-rank percentile of sorted response times: the smallest time with ``percent`` % at or below."""
-    if not ordered:
-        return None
-    rank = math.ceil(percent / 100.0 * len(ordered))
-    return float(ordered[min(max(rank, 1), len(ordered)) - 1])
 
 
 # ----------------------------------------------------------------------------------------------- controller

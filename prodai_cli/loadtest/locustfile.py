@@ -13,9 +13,12 @@ from typing import Any
 
 from locust import FastHttpUser, task
 
-# Requests are named "<path> [<variant>]" when the server says which A/B variant answered, so Locust's own
-# tables, CSVs and HTML report show one row per variant, and prodai's summary reads them back.
+# Requests are named "<path> [<variant> v<version>]" when the server says which A/B variant and which version
+# answered (a fallback or an alias that moved can make them differ from the variant table), so Locust's own
+# tables, CSVs and HTML report show one row per variant and version, and prodai's summary reads them back to
+# record the evidence on the versions that actually answered.
 VARIANT_NAME_FORMAT = "{path} [{variant}]"
+VERSION_NAME_FORMAT = "{path} [{variant} v{version}]"
 
 # Generated texts draw from a small vocabulary and vary in length, so a response cache sees mostly new inputs
 # (a load test that only measures cache hits would flatter the server).
@@ -117,8 +120,15 @@ class ProdaiUser(FastHttpUser):  # type: ignore[misc]  # locust is untyped (Any)
         with self.client.post(path, json={"text": text}, headers=headers, name=path, catch_response=True) as response:
             body = _json_object(response.content)
             variant = body.get("variant") if body is not None else None
+            version = body.get("model_version") if body is not None else None
             if isinstance(variant, str) and variant:
-                response.request_meta["name"] = VARIANT_NAME_FORMAT.format(path=path, variant=variant)
+                # Names are bounded by the server's own variant table; a version that is not a plain
+                # number (a directory served as "local") names the variant only.
+                if isinstance(version, (str, int)) and str(version).isdigit():
+                    name = VERSION_NAME_FORMAT.format(path=path, variant=variant, version=version)
+                else:
+                    name = VARIANT_NAME_FORMAT.format(path=path, variant=variant)
+                response.request_meta["name"] = name
             status = response.status_code or 0
             if 200 <= status < 300 and body is None:
                 response.failure(f"HTTP {status} without a JSON object body")

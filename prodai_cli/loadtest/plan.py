@@ -18,6 +18,8 @@ from prodai_cli.errors import UsageError
 from prodai_cli.slo import Slo, parse_duration, parse_slos
 
 if TYPE_CHECKING:
+    import httpx
+
     from prodai_cli.config import Settings
 
 Mode = Literal["local", "master", "worker"]
@@ -255,6 +257,81 @@ def check_reachable(url: str, timeout_s: float = 5.0) -> int:
     return response.status_code
 
 
+# A 429 to the preflight request that asks to come back this soon is waited out once (ship's fresh probe key,
+# a client's quota refilling); a longer Retry-After stops the run.
+PREFLIGHT_MAX_RETRY_WAIT_S = 5.0
+
+
+def preflight(
+    url: str,
+    *,
+    path: str = "/predict",
+    text: str = "prodai loadtest preflight",
+    api_key: str | None = None,
+    api_key_header: str = "X-API-Key",
+    timeout_s: float = 30.0,
+) -> int:
+    """Send the load test's request once, before any load, and stop when the server refuses it.
+
+    A load test whose every request gets 401, 403 or 429 measures nothing but the refusal (an error rate of
+    100% and a CSV of 429s); saying so up front, with what to change, is what the user needs.
+
+    Returns:
+        The status of the request (anything but 401, 403 and 429: a 5xx is the load test's to measure).
+
+    Raises:
+        UsageError: The server refused the request (401, 403, 429), or it could not be sent.
+
+    """
+    import time
+
+    import httpx
+
+    headers = {api_key_header: api_key} if api_key else {}
+    for attempt in range(2):
+        try:
+            response = httpx.post(url + path, json={"text": text}, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise UsageError(
+                f"The first request to {url}{path} failed: {type(exc).__name__}: {exc}",
+                hint="Check --url and that the server answers predictions",
+            ) from None
+        status = response.status_code
+        reason = _reason(response)
+        if status in (401, 403):
+            key = f"the key in {api_key_header} was refused" if api_key else f"no API key was sent ({api_key_header})"
+            hint = (
+                "Pass a valid client key: --api-key KEY (or PRODAI_API_KEY); create one with "
+                "prodai keys create --name loadtest on the server's config"
+                if status == 401
+                else "The key lacks the scope this route needs: create one with --scope predict"
+            )
+            raise UsageError(f"{url}{path} refused the load test's first request ({status}{reason}): {key}", hint=hint)
+        if status == 429:
+            retry = response.headers.get("retry-after", "")
+            if attempt == 0 and retry.isdigit() and int(retry) <= PREFLIGHT_MAX_RETRY_WAIT_S:
+                time.sleep(int(retry) + 0.2)
+                continue
+            raise UsageError(
+                f"{url}{path} rate-limited the load test's first request (429{reason}; Retry-After: {retry or '-'})",
+                hint="Wait for the limit to refill, and load-test with a key whose rate_limit.per_key admits the "
+                "load (a load test measures the server, not its rate limiter)",
+            )
+        return status
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, dict):
+        detail = detail.get("message") or detail.get("reason")
+    return f": {str(detail)[:160]}" if isinstance(detail, str) and detail else ""
+
+
 def default_report_dir(state_dir: Path, target: Target | None) -> Path:
     """``<state_dir>/loadtests/<UTC time>-<deployment or host_port>/`` (``state_dir``: the project's ``.prodai``)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -359,6 +436,14 @@ def build_plan(
     target = resolve_target(settings, url=url, deployment=deployment, model=model)
     if check_target:
         check_reachable(target.url)
+        if cfg.preflight:
+            preflight(
+                target.url,
+                text=payloads[0] if payloads else "prodai loadtest preflight",
+                api_key=api_key,
+                api_key_header=settings.config.auth.header,
+                timeout_s=cfg.request_timeout_s,
+            )
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise UsageError(f"--report-dir {report_dir} exists and is not a directory")
     return LoadtestPlan(

@@ -294,23 +294,52 @@ def run_loadtest(
     run_id: str | None = None
     target = plan.target
     if log_to_registry and target is not None and target.model and target.version is not None:
-        from prodai_cli.loadtest.summary import mlflow_fields
-        from prodai_cli.registry import Registry
+        run_id = _log_evidence(settings, plan, summary, target.model, target.version)
+        write_summary(plan.report_dir, summary)
+    return LoadtestResult(summary=summary, results=results, report_dir=plan.report_dir, run_id=run_id)
 
-        fields = mlflow_fields(summary)
+
+def attributed_versions(summary: dict[str, Any], named: int) -> list[int]:
+    """The versions a run's evidence belongs to: those that answered, else the one the plan named.
+
+    The server stamps every answer with the version that computed it; under an A/B split (or after a
+    fallback) that is not the version the user named, so the evidence goes where the answers came from. A
+    run in which no answer named a version (every request refused, an old server) stays on ``named``.
+    """
+    answered = sorted(int(v) for v in (summary.get("versions") or {}) if str(v).isdigit())
+    return answered or [named]
+
+
+def _log_evidence(
+    settings: Settings, plan: LoadtestPlan, summary: dict[str, Any], model: str, named: int
+) -> str | None:
+    """Log the run to each version that answered (see :func:`attributed_versions`); fill ``summary["mlflow"]``."""
+    from prodai_cli.loadtest.summary import mlflow_fields
+    from prodai_cli.registry import Registry
+
+    assert plan.report_dir is not None
+    registry = Registry(settings)
+    runs: list[dict[str, Any]] = []
+    for version in attributed_versions(summary, named):
+        verdict = (summary.get("version_verdicts") or {}).get(str(version))
+        fields = mlflow_fields(summary, version=str(version) if verdict is not None else None)
+        passed = bool(verdict["passed"]) if verdict is not None else bool(summary["passed"])
         try:
-            run_id = Registry(settings).log_loadtest(
-                target.model,
-                target.version,
-                passed=bool(summary["passed"]),
+            run = registry.log_loadtest(
+                model,
+                version,
+                passed=passed,
                 metrics=fields["metrics"],
                 params=fields["params"],
                 version_tags=fields["version_tags"],
                 report_dir=plan.report_dir,
             )
-            summary["mlflow"] = {"run_id": run_id, "model": target.model, "version": target.version}
+            runs.append({"run_id": run, "model": model, "version": version, "passed": passed})
         except ProdaiError as exc:
             # The verdict stands without the registry; say loudly that the evidence was not recorded.
-            summary["mlflow"] = {"error": exc.message, "model": target.model, "version": target.version}
-        write_summary(plan.report_dir, summary)
-    return LoadtestResult(summary=summary, results=results, report_dir=plan.report_dir, run_id=run_id)
+            runs.append({"error": exc.message, "model": model, "version": version})
+    logged = [r["version"] for r in runs]
+    # The first entry keeps the old single-run keys (run_id or error, model, version) for readers of summary.json.
+    summary["mlflow"] = {**runs[0], "runs": runs, "named": named, "named_answered": named in logged}
+    first = runs[0].get("run_id")
+    return str(first) if first else None

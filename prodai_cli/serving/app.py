@@ -225,8 +225,14 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         version=__version__,
         description="Predictions from a registered transformers model, micro-batched.",
         lifespan=lifespan,
+        # FastAPI's docs pages load their assets from CDNs (blank offline): serving/docs.py serves its own.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.prodai = state
+    from prodai_cli.serving.docs import register_docs
+
+    register_docs(app)
 
     def request_id(request: Request) -> str | None:
         ctx = context_of(request.state)

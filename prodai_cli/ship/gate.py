@@ -202,6 +202,13 @@ def _gate(run: _Run, registry: Registry, slo_texts: list[str], on_event: Loadtes
             tag_run(registry, report.run_id, {"prodai.ship.promoted": "true"})
         was = f"was v{report.previous}" if report.previous is not None else "was unset"
         step.detail = f"{report.model}@{report.alias} -> v{report.version} ({was}); run {report.run_id}"
+        # A/B variants set by this alias do not follow it (docs/ab.md): say so where the user looks.
+        from prodai_cli.abconfig import resplit_command, stale_variants
+
+        stale = stale_variants(settings.config, lambda model, alias: _alias_version(registry, model, alias))
+        if stale:
+            shown = "; ".join(s.describe(settings.config.ab.model or report.model) for s in stale)
+            step.detail += f"; STALE: {shown}: run {resplit_command(settings.config)}"
 
 
 def production_name(settings: Settings, model: str) -> str:

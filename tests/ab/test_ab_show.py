@@ -122,8 +122,24 @@ def test_show_configured_weights(project: Path) -> None:
     assert isinstance(data, dict)
     assert data["enabled"] is True and data["model"] == "clf" and data["url"] is None
     assert data["variants"] == {
-        "v1": {"version": 1, "weight": 0.8, "requests": None, "share": None},
-        "v2": {"version": 2, "weight": 0.2, "requests": None, "share": None},
+        "v1": {
+            "version": 1,
+            "weight": 0.8,
+            "alias": None,
+            "stale": False,
+            "alias_now": None,
+            "requests": None,
+            "share": None,
+        },
+        "v2": {
+            "version": 2,
+            "weight": 0.2,
+            "alias": None,
+            "stale": False,
+            "alias_now": None,
+            "requests": None,
+            "share": None,
+        },
     }
     human = run_cli("ab-show", cwd=project)
     assert human.exit_code == 0

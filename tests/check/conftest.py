@@ -206,3 +206,21 @@ def configured_project(registered_project: Path, tmp_path: Path) -> Any:
         return make_project(registered_project, target, config)
 
     return make
+
+
+@pytest.fixture
+def serve_project() -> Iterator[Any]:
+    """`serve_project(root)`: a ready `prodai serve` over `root` (start_server), stopped after the test."""
+    servers: list[Served] = []
+
+    def start(root: Path) -> Served:
+        server = start_server(root)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()

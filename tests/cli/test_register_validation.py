@@ -56,3 +56,41 @@ def test_a_complete_model_still_registers(project: Path, tiny_embedder_dir: Path
     result = run_cli("register", str(tiny_embedder_dir), "--name", "emb", "--json", cwd=project)
     assert result.exit_code == 0, result.stderr
     assert _model_versions(project) == 1
+
+
+def test_the_tiny_models_tokenizer_has_its_vocabulary(tiny_classifier_dir: Path) -> None:
+    """The fixture itself: transformers 5 ignored `vocab_file`, and the tiny models got 5-token tokenizers."""
+    from helpers import VOCAB
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_classifier_dir))
+    assert len(tokenizer) == len(set(VOCAB))
+    ids = tokenizer("good movie")["input_ids"]
+    assert tokenizer.unk_token_id not in ids and len(ids) == 4
+
+
+def test_a_tokenizer_of_special_tokens_only_is_refused(project: Path, tiny_classifier_dir: Path) -> None:
+    """What the tiny models used to carry: a tokenizer of [PAD] [UNK] [CLS] [SEP] [MASK] for an 80-row embedding."""
+    from transformers import BertTokenizerFast
+
+    broken = _copy(tiny_classifier_dir, project / "five", keep=("config.json", "model.safetensors"))
+    BertTokenizerFast(model_max_length=128).save_pretrained(str(broken))
+    result = run_cli("register", str(broken), "--name", "clf", cwd=project)
+    assert result.exit_code == 1, result.stdout
+    assert "the tokenizer has 5 entries but the model's embedding has 80 rows" in result.stderr
+    assert "not this model's tokenizer" in result.stderr and "tokenizer.save_pretrained" in result.stderr
+    assert _model_versions(project) == 0
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(project: Path, tiny_classifier_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    small = _copy(tiny_classifier_dir, project / "small")
+    model = AutoModelForSequenceClassification.from_pretrained(str(small))
+    model.resize_token_embeddings(60)
+    model.save_pretrained(str(small))
+    result = run_cli("register", str(small), "--name", "clf", cwd=project)
+    assert result.exit_code == 1, result.stdout
+    assert "the tokenizer has 79 entries but the model's embedding has 60 rows" in result.stderr
+    assert "token id of 60 or more would crash the model" in result.stderr
+    assert _model_versions(project) == 0

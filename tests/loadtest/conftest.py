@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,12 +67,11 @@ def _wait_ready(server: ServedProject, timeout: float = 240) -> None:
     raise AssertionError(f"server not ready after {timeout}s: {server.log()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def served(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProject]:
-    """A private copy of the registered project serving clf@production on a free loopback port (module-wide)."""
-    root = tmp_path_factory.mktemp("loadtest") / "proj"
+@contextlib.contextmanager
+def serving(registered_project: Path, root: Path, config: str) -> Iterator[ServedProject]:
+    """A private copy of the registered project at `root` with `config`, serving clf@production on a free port."""
     shutil.copytree(registered_project, root, symlinks=True)
-    (root / "prodai.yaml").write_text(SERVER_CONFIG, encoding="utf-8")
+    (root / "prodai.yaml").write_text(config, encoding="utf-8")
     port = free_port()
     log_path = root / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
@@ -106,3 +106,30 @@ def served(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProject]:
+    """A private copy of the registered project serving clf@production on a free loopback port (module-wide)."""
+    with serving(registered_project, tmp_path_factory.mktemp("loadtest") / "proj", SERVER_CONFIG) as server:
+        yield server
+
+
+# Auth on, and a per-key limit of one request a minute: the second request of a key gets 429 (the preflight).
+GUARDED_CONFIG = """\
+auth:
+  enabled: true
+rate_limit:
+  enabled: true
+  per_key: {rate: 1, period_s: 60.0, burst: 0}
+  per_ip: {rate: 1000, period_s: 1.0, burst: 1000}
+monitoring:
+  log_level: warning
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(registered_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProject]:
+    """A server that wants an API key and allows each key one request a minute."""
+    with serving(registered_project, tmp_path_factory.mktemp("preflight") / "proj", GUARDED_CONFIG) as server:
+        yield server

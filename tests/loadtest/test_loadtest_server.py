@@ -66,9 +66,10 @@ def test_healthy_run_passes_its_slos_and_writes_reports(served: Any, tmp_path: P
     # The warm-up second is in Locust's whole-run figures but not in the SLO window.
     assert run["requests"] > stats["requests"]
     assert 3.0 < summary["window_seconds"] < 5.5
-    # The server counted what Locust sent (plus at most the requests cut off in flight when the run stopped).
+    # The server counted what Locust sent (plus at most the requests cut off in flight when the run stopped),
+    # and the one request loadtest sends before any load (the preflight).
     sent = served.predict_count("200") - sent_before
-    assert run["requests"] <= sent <= run["requests"] + USERS
+    assert run["requests"] + 1 <= sent <= run["requests"] + USERS + 1
     # The server names its variant ("default" without A/B): the figures are per variant too.
     assert list(summary["variants"]) == ["default"]
     assert summary["variants"]["default"]["requests"] == stats["requests"]
@@ -79,9 +80,9 @@ def test_healthy_run_passes_its_slos_and_writes_reports(served: Any, tmp_path: P
         assert (report_dir / name).is_file(), name
         assert name in on_disk["files"]
     assert int(_stats_row(report_dir, "Aggregated")["Request Count"]) == run["requests"]
-    assert int(_stats_row(report_dir, "/predict [default]")["Failure Count"]) == 0
+    assert int(_stats_row(report_dir, "/predict [default v1]")["Failure Count"]) == 0
     html = (report_dir / "report.html").read_text(encoding="utf-8")
-    assert "/predict [default]" in html and served.url in html
+    assert "/predict [default v1]" in html and served.url in html
 
 
 def test_an_slo_it_cannot_meet_fails_with_exit_1_and_is_named(served: Any, tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_workers_run_and_their_totals_add_up(served: Any, tmp_path: Path) -> Non
     assert sum(w["failures"] for w in workers) == summary["run"]["failures"] == 0
     assert 0 < summary["stats"]["requests"] < summary["run"]["requests"]
     sent = served.predict_count("200") - sent_before
-    assert summary["run"]["requests"] <= sent <= summary["run"]["requests"] + USERS
+    assert summary["run"]["requests"] + 1 <= sent <= summary["run"]["requests"] + USERS + 1  # + the preflight
     assert (tmp_path / "r" / "locust-worker-1.log").is_file() and (tmp_path / "r" / "locust-worker-2.log").is_file()
 
 
@@ -186,7 +187,11 @@ def test_summary_reaches_mlflow_on_the_deployed_version(served: Any, tmp_path: P
     assert code == 0, stderr
     assert summary is not None and summary["target"]["deployment"] == "local"
     run_id = summary["mlflow"]["run_id"]
-    assert summary["mlflow"] == {"run_id": run_id, "model": "clf", "version": 1}
+    mlflow = summary["mlflow"]
+    assert {k: mlflow[k] for k in ("run_id", "model", "version")} == {"run_id": run_id, "model": "clf", "version": 1}
+    # Only v1 answered (the server serves clf@production): one run, on the named version.
+    assert mlflow["runs"] == [{"run_id": run_id, "model": "clf", "version": 1, "passed": True}]
+    assert mlflow["named_answered"] is True and summary["mixed"] is False
 
     from mlflow.tracking import MlflowClient
 

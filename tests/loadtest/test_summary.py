@@ -117,3 +117,41 @@ def test_cli_and_parent_side_never_import_locust() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_versions_come_from_request_names_and_a_variant_answered_by_two_versions_is_merged() -> None:
+    from prodai_cli.loadtest.summary import versions
+
+    rows = [_row("/predict [a v1]", 30, 0), _row("/predict [a v2]", 5, 1), _row("/predict [b v2]", 65, 0)]
+    by_version = versions(rows)
+    assert list(by_version) == ["1", "2"]
+    assert by_version["2"]["requests"] == 70 and by_version["2"]["failures"] == 1
+    assert variants(rows)["a"]["requests"] == 35
+    times = {
+        ("/predict [a v1]", "POST"): [5.0, 7.0],
+        ("/predict [a v2]", "POST"): [9.0],
+        ("/predict [b v2]", "POST"): [1.0],
+    }
+    exact = versions(rows, times, [50.0, 100.0])
+    assert exact["2"]["p100_ms"] == 9.0 and exact["2"]["p50_ms"] == 1.0 and exact["1"]["p50_ms"] == 5.0
+
+
+def test_a_mixed_run_is_judged_and_recorded_per_version(tmp_path: Path) -> None:
+    rows = [_row("/predict [a v1]", 40, 0, p95=10.0), _row("/predict [b v2]", 60, 6, p95=900.0)]
+    plan = LoadtestPlan(
+        target=Target(url="http://x", model="clf", version=1), slos=parse_slos(["p95 < 500ms", "error_rate < 5%"])
+    )
+    final = _final(rows)
+    summary, _ = build_summary(plan, final, started_at=0.0, finished_at=1.0)
+    assert summary["mixed"] is True
+    assert summary["version_verdicts"]["1"]["passed"] is True
+    assert summary["version_verdicts"]["2"] == {
+        "passed": False,
+        "failed": ["p95 < 500ms", "error_rate < 5%"],
+        "requests": 60,
+    }
+    fields = mlflow_fields(summary, version="2")
+    assert fields["version_tags"]["prodai.loadtest.requests"] == "60"
+    assert fields["version_tags"]["prodai.loadtest.mixed"] == "v1 40, v2 60"
+    assert fields["metrics"]["slo_passed"] == 0.0 and fields["metrics"]["version_requests_share"] == 0.6
+    assert mlflow_fields(summary, version="1")["metrics"]["slo_passed"] == 1.0
