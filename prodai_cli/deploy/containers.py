@@ -324,6 +324,21 @@ def ensure_network(client: Any, name: str, deployment: str) -> Network:
     return Network(name, None, None)
 
 
+def join_network(client: Any, ref: str, network: str, *, aliases: list[str]) -> None:
+    """Attach the running container ``ref`` to ``network`` under ``aliases``.
+
+    Raises:
+        DeployError: The engine refused.
+
+    """
+    from docker.errors import APIError
+
+    try:
+        client.networks.get(network).connect(ref, aliases=aliases)
+    except APIError as exc:
+        raise DeployError(f"Attaching {ref[:12]} to {network} failed: {exc.explanation or _first_line(exc)}") from None
+
+
 def remove_network(client: Any, name: str) -> bool:
     """Remove the network ``name`` (disconnecting what is left on it); False when there was none."""
     from docker.errors import APIError, NotFound

@@ -27,6 +27,10 @@ serving:
   max_wait_ms: 0
 auth:
   enabled: false
+# The roll-out tests' client sends from one address as fast as it is answered: per-IP limits would count
+# 429s, which say nothing about a roll-out.
+rate_limit:
+  enabled: false
 ab:
   enabled: true
   model: clf
@@ -343,6 +347,11 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
     resolved = Registry(load_settings(container_project / "prodai.yaml")).resolve("clf/1")
     weights = next(resolved.model_dir.glob("*.safetensors"))
     weights.write_bytes(b"this is not a safetensors file")
+    # A version whose files hash as recorded yet do not load (the cache's manifest cannot tell): rewrite the
+    # manifest, so the corrupt weights pass the integrity check and reach the image.
+    from prodai_cli import model_cache
+
+    model_cache.write_manifest(resolved.path)
     port = free_port()
     name = f"prodai-broken-{port}"
     try:

@@ -95,12 +95,20 @@ def _serves_both_keys(run: Any, url: str, key: str) -> None:
     assert later.status_code == 200, later.text
 
 
+def _server(docker_client: Any, name: str) -> Any:
+    """The deployment's server replica (the docker target runs replicas behind a balancer, NAME-lb)."""
+    (server,) = docker_client.containers.list(filters={"label": [f"prodai.deployment={name}", "prodai.role=server"]})
+    return server
+
+
 def _remove(docker_client: Any, name: str) -> None:
     from docker.errors import APIError, ImageNotFound
 
     from prodai_cli.deploy import containers as engine
 
-    engine.remove_container(docker_client, name, timeout_s=5)
+    for container in docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"}):
+        engine.remove_container(docker_client, container.id, timeout_s=5)
+    engine.remove_network(docker_client, f"{name}-net")
     with contextlib.suppress(ImageNotFound, APIError):
         docker_client.images.remove(f"{name}:1", force=True, noprune=False)  # no dangling image left
 
@@ -128,7 +136,7 @@ def test_init_register_deploy_as_root_with_no_chmod(
         _serves_both_keys(run, url, key)
         # `keys create` replaced the file: it kept its group and mode.
         assert (config.stat().st_gid, stat.S_IMODE(config.stat().st_mode)) == (CONTAINER_UID, 0o640)
-        container = docker_client.containers.get(name)
+        container = _server(docker_client, name)
         assert container.attrs["Config"]["User"] in ("", "10001:10001")  # the image's user, not root
         # The same image serves under the k8s pod's restrictions: read-only root, only /tmp writable, no
         # capabilities, no privilege escalation (what templates/k8s/deployment.yaml.j2 asks of it).
@@ -247,7 +255,7 @@ def test_init_register_deploy_as_a_normal_user_with_no_chmod(
                 assert stat.S_IMODE(config.stat().st_mode) == 0o600 and _private(project)
                 _serves_both_keys(run, url, key)
                 assert stat.S_IMODE(config.stat().st_mode) == 0o600
-                user = docker_client.containers.get(name).attrs["Config"]["User"]
+                user = _server(docker_client, name).attrs["Config"]["User"]
                 assert user == f"{account.pw_uid}:{account.pw_gid}"  # the owner, never root
             finally:
                 _remove(docker_client, name)

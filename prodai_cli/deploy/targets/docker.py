@@ -226,6 +226,9 @@ def roll_out(
             engine.wait_ready(client, container_id, direct, timeout_s)
             say(f"Replica {container_id[:12]} is ready; sending a real prediction")
             _probe(settings, client, container_id, direct, expected_versions)
+            # Only a ready replica joins the network under the balancer's alias: HAProxy takes a server its
+            # DNS just named as UP before the first check, so a loading one would get traffic.
+            engine.join_network(client, container_id, network, aliases=[balancer.BACKEND_ALIAS])
         lb, stats_url = _ensure_balancer(settings, client, name, network, host, port, legacy, say)
         addresses = {engine.container_address(client, cid, network) or "" for cid in new_ids}
         say("Waiting until the load balancer sends the new replicas traffic")
@@ -265,8 +268,8 @@ def _placed(settings: Settings, spec: engine.RunSpec, name: str, net: engine.Net
             "port": None,
             "environment": environment,
             "labels": labels,
-            "network": net.name,
-            "aliases": [balancer.BACKEND_ALIAS],
+            "network": None,
+            "aliases": [],
         }
     )
 
