@@ -376,7 +376,9 @@ def test_model_that_fails_to_load_fails_deploy_with_log_tail(
     finally:
         from prodai_cli.deploy import containers as engine
 
-        engine.remove_container(docker_client, name, timeout_s=2)
+        for container in docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"}):
+            engine.remove_container(docker_client, container.id, timeout_s=2)
+        engine.remove_network(docker_client, f"{name}-net")
         remove_images(docker_client, f"prodai-test-broken:{port}")
 
 
