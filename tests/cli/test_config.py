@@ -189,6 +189,10 @@ def test_the_new_input_limits_refuse_hostile_values_naming_key_and_line() -> Non
         ("serving.max_json_number_digits", 10**6),
         ("batch.max_line_bytes", 1),
         ("batch.max_json_depth", 1),
+        # A deploy that would start a thousand replicas (or none) is a typo, not a plan.
+        ("deploy.replicas", 1000),
+        ("deploy.replicas", 0),
+        ("deploy.balancer_image", "[1, 2]"),
     ]:
         section, name = key.split(".")
         with pytest.raises(ConfigError) as caught:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from secrets import token_hex
 from typing import TYPE_CHECKING, Any
@@ -178,15 +179,15 @@ def deploy_docker(
     return DeployResult(record, plan, context_dir, image, ready_after_s=rolled.waited_s, started=True, next_steps=steps)
 
 
+@dataclass(frozen=True)
 class RolledOut:
     """What :func:`roll_out` started."""
 
-    def __init__(self, replicas: list[str], balancer: str, stats_url: str, network: str, waited_s: float) -> None:
-        self.replicas = replicas
-        self.balancer = balancer
-        self.stats_url = stats_url
-        self.network = network
-        self.waited_s = waited_s
+    replicas: list[str]
+    balancer: str
+    stats_url: str
+    network: str
+    waited_s: float
 
 
 def roll_out(
@@ -213,7 +214,7 @@ def roll_out(
     started = time.monotonic()
     net = engine.ensure_network(client, network_name(name), name)
     network = net.name
-    old = [c for c in engine.deployment_containers(client, name, ROLE_SERVER)]
+    old = engine.deployment_containers(client, name, ROLE_SERVER)
     legacy = _legacy_container(client, name)
     new_ids: list[str] = []
     try:

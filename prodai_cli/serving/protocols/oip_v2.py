@@ -157,7 +157,9 @@ class InferAdapter:
                 raise OipError(f"Content-Type {media_type[:100]!r} needs Inference-Header-Content-Length")
         limits = self.oip.limits
         try:
-            document = loads(decode(body), max_depth=limits["max_json_depth"], max_number_digits=limits["digits"])
+            document = loads(
+                decode(body), max_depth=limits.max_json_depth, max_number_digits=limits.max_json_number_digits
+            )
         except UntrustedInputError as exc:
             raise OipError(
                 f"Request header is {exc}" if str(exc).startswith("not ") else f"Request refused: {exc}"
@@ -197,7 +199,7 @@ class InferAdapter:
         if not valid_shape:
             raise OipError(f"Input {INPUT_NAME!r} must have shape [n] or [n, 1]")
         count = int(shape[0])
-        limit = self.oip.limits["max_batch_items"]
+        limit = self.oip.limits.max_batch_items
         if not 1 <= count <= limit:
             raise OipError(f"Input {INPUT_NAME!r} must hold 1 to {limit} texts, not {count}")
         params = _obj(tensor.get("parameters", {}), "Input parameters")
@@ -218,7 +220,7 @@ class InferAdapter:
             elements = _flatten(tensor.get("data"))
             if len(elements) != count:
                 raise OipError(f"Input {INPUT_NAME!r} has {len(elements)} elements; its shape says {count}")
-        max_chars = self.oip.limits["max_text_chars"]
+        max_chars = self.oip.limits.max_text_chars
         for index, text in enumerate(elements):
             if not isinstance(text, str):
                 raise OipError(f"Element {index} of {INPUT_NAME!r} is not a string")
@@ -327,12 +329,8 @@ class OipV2:
         serving = state.serving
         self.state = state
         self.log_bodies = serving.log_bodies
-        self.limits = {
-            "max_json_depth": serving.max_json_depth,
-            "digits": serving.max_json_number_digits,
-            "max_batch_items": serving.max_batch_items,
-            "max_text_chars": serving.max_text_chars,
-        }
+        # The same body limits as /predict: the serving section itself, not a copy of its values.
+        self.limits = serving
 
     def ready_models(self, name: str | None = None) -> list[ServedModel]:
         """The ready versions (of ``name``), in load order."""
@@ -464,7 +462,7 @@ class OipV2:
             404: {"description": "Model or version not served ({error})"},
             503: {"description": "Loading ({error})"},
         }
-        schema = infer_schema(self.limits["max_batch_items"], self.limits["max_text_chars"])
+        schema = infer_schema(self.limits.max_batch_items, self.limits.max_text_chars)
         body = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
         infer_errors: dict[int | str, dict[str, Any]] = {
             **errors,

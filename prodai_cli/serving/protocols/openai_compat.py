@@ -101,7 +101,9 @@ class EmbeddingsAdapter:
         check_content_type(ctx.headers)
         limits = self.api.limits
         try:
-            document = loads(decode(body), max_depth=limits["max_json_depth"], max_number_digits=limits["digits"])
+            document = loads(
+                decode(body), max_depth=limits.max_json_depth, max_number_digits=limits.max_json_number_digits
+            )
         except UntrustedInputError as exc:
             raise OpenAIError(f"Body is {exc}" if str(exc).startswith("not ") else f"Body refused: {exc}") from None
         if not isinstance(document, dict):
@@ -116,10 +118,10 @@ class EmbeddingsAdapter:
         self.api.embedding_model(model)
         raw = document.get("input")
         texts = [raw] if isinstance(raw, str) else raw
-        limit = limits["max_batch_items"]
+        limit = limits.max_batch_items
         if not isinstance(texts, list) or not 1 <= len(texts) <= limit:
             raise OpenAIError(f"input must be a string or a list of 1 to {limit} strings", "input")
-        max_chars = limits["max_text_chars"]
+        max_chars = limits.max_text_chars
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise OpenAIError(f"input[{index}] is not a string (token ids are not accepted)", "input")
@@ -189,12 +191,8 @@ class OpenAICompat:
         serving = state.serving
         self.state = state
         self.log_bodies = serving.log_bodies
-        self.limits = {
-            "max_json_depth": serving.max_json_depth,
-            "digits": serving.max_json_number_digits,
-            "max_batch_items": serving.max_batch_items,
-            "max_text_chars": serving.max_text_chars,
-        }
+        # The same body limits as /predict: the serving section itself, not a copy of its values.
+        self.limits = serving
 
     def user_header(self) -> str | None:
         """The A/B user id header (None without A/B)."""
@@ -257,7 +255,7 @@ class OpenAICompat:
             ]
             return JSONResponse({"object": "list", "data": data})
 
-        schema = embeddings_schema(self.limits["max_batch_items"], self.limits["max_text_chars"])
+        schema = embeddings_schema(self.limits.max_batch_items, self.limits.max_text_chars)
         body = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
         @app.post(
