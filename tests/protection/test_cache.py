@@ -259,6 +259,45 @@ def test_fifty_identical_concurrent_misses_run_the_model_once_redis(redis_proces
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("local_ttl_s", [0.0, 5.0])
+def test_a_caller_whose_read_raced_a_whole_computation_gets_its_answer_not_a_second_run(
+    redis_process: RedisServer, local_ttl_s: float
+) -> None:
+    # Seen in CI under load: of 50 identical requests sent at once, one read Redis (nothing yet), then
+    # waited for its rate-limit decision while another computed, stored and left the flight; it then found
+    # no flight and ran the model a second time. Here the late caller's decision is held until the first
+    # caller's answer is computed and its background write has landed in Redis.
+    async def scenario() -> tuple[int, list[str]]:
+        cache = ResponseCache(
+            CacheConfig(backend="redis", redis_timeout_s=0.5, redis_retry_s=0.2, local_ttl_s=local_ttl_s),
+            redis_process.url,
+            background_stores=True,
+        )
+        model = CountingModel()
+        key = cache_key("clf", "1", {"text": "raced"})
+        decided = asyncio.Event()
+
+        async def slow_decision() -> None:
+            await decided.wait()
+
+        late = asyncio.ensure_future(cache.get_or_compute(key, lambda: model("raced"), before_compute=slow_decision))
+        await asyncio.sleep(0.05)  # the late caller has read Redis and now waits for its decision
+        first = await cache.get_or_compute(key, lambda: model("raced"))
+        for _ in range(100):  # until the background write has landed
+            if redis_process.client().get(KEY_PREFIX + key) is not None and not cache._unwritten:
+                break
+            await asyncio.sleep(0.01)
+        decided.set()
+        second = await late
+        await cache.aclose()
+        return model.calls, [first.status, second.status]
+
+    calls, statuses = asyncio.run(scenario())
+    assert calls == 1
+    assert statuses == ["MISS", "HIT"]
+
+
+@pytest.mark.redis
 def test_redis_max_entry_bytes_is_enforced(redis_process: RedisServer) -> None:
     async def scenario() -> None:
         cache = redis_cache(redis_process.url, max_entry_bytes=64)

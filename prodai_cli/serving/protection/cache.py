@@ -49,6 +49,8 @@ V = TypeVar("V")
 CacheStatus = Literal["HIT", "MISS", "BYPASS"]
 KEY_PREFIX = "prodai:cache:"
 BACKGROUND_STORE_DELAY_S = 0.001
+# At most this many finished computations are remembered for callers that raced them (see get_or_compute).
+RECENT_FLIGHTS = 1024
 
 
 # --------------------------------------------------------------------------------------------- keys
@@ -196,8 +198,16 @@ class ResponseCache:
         self.oversize = 0
         self.stores = 0
         self._local_errors = 0
-        # key -> (the shared computation, whether its leader bypassed the backend)
-        self._inflight: dict[str, tuple[asyncio.Task[Any], bool]] = {}
+        # key -> (the shared computation, whether its leader bypassed the backend, its sequence number)
+        self._inflight: dict[str, tuple[asyncio.Task[Any], bool, int]] = {}
+        # A caller reads the backend and awaits its rate-limit decision before it may lead; meanwhile another
+        # caller can start, finish and store the same key's computation (seen in CI: 2 runs of 50 identical
+        # requests). Flights that finished while such a caller waited are kept here, and a caller uses one
+        # that started after its own arrival instead of running the model again. Cleared whenever nobody
+        # waits, so this holds only what a waiting caller could still need.
+        self._flight_seq = 0
+        self._waiting = 0
+        self._recent: OrderedDict[str, tuple[asyncio.Task[Any], bool, int]] = OrderedDict()
         self.memory: MemoryBackend | None = None
         self.redis: RedisGuard | None = None
         # Redis's local tier: entries Redis confirmed (read from it, or written to it) kept in this process for
@@ -298,23 +308,30 @@ class ResponseCache:
             self.hits += 1
             return CacheResult(json.loads(unwritten), "HIT")  # a fresh copy, like every hit
         if flight is None:
-            found, data = await self._read(key)
-            if found and data is not None:
-                try:
-                    value: V = json.loads(data)
-                except ValueError:
-                    self._local_errors += 1
-                else:
-                    self.hits += 1
-                    return CacheResult(value, "HIT")
-            bypass = not found
-            if before_compute is not None:
-                await before_compute()
-            # Another caller may have become the leader while we waited.
-            flight = self._inflight.get(key)
+            arrived = self._flight_seq
+            self._waiting += 1
+            try:
+                found, data = await self._read(key)
+                if found and data is not None:
+                    try:
+                        value: V = json.loads(data)
+                    except ValueError:
+                        self._local_errors += 1
+                    else:
+                        self.hits += 1
+                        return CacheResult(value, "HIT")
+                bypass = not found
+                if before_compute is not None:
+                    await before_compute()
+                # Another caller may have become the leader, or even finished, while we waited.
+                flight = self._inflight.get(key) or self._raced(key, arrived)
+            finally:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._recent.clear()
         if flight is not None:
             self.coalesced += 1
-            task, leader_bypassed = flight
+            task, leader_bypassed, _ = flight
             value = await asyncio.shield(task)
             return CacheResult(value, "BYPASS" if leader_bypassed else "HIT", coalesced=True)
         if bypass:
@@ -322,7 +339,8 @@ class ResponseCache:
         else:
             self.misses += 1
         task = asyncio.ensure_future(self._compute_and_store(key, compute, should_store, store=not bypass))
-        self._inflight[key] = (task, bypass)
+        self._flight_seq += 1
+        self._inflight[key] = (task, bypass, self._flight_seq)
         task.add_done_callback(lambda done: self._finished(key, done))
         value = await asyncio.shield(task)
         return CacheResult(value, "BYPASS" if bypass else "MISS")
@@ -332,14 +350,15 @@ class ResponseCache:
     ) -> V:
         value = await compute()
         if store and (should_store is None or should_store(value)):
+            data = self._encode(value)
+            if data is None:
+                return value
             if self.background_stores and self.redis is not None:
                 # A moment later, so the answer is on its way to the client before the write costs anything.
-                data = self._encode(value)
-                if data is not None:
-                    self._unwritten[key] = data
-                    asyncio.get_running_loop().call_later(BACKGROUND_STORE_DELAY_S, self._store_later, key, data)
+                self._unwritten[key] = data
+                asyncio.get_running_loop().call_later(BACKGROUND_STORE_DELAY_S, self._store_later, key, data)
             else:
-                await self.set(key, value)
+                await self._write(key, data)
         return value
 
     def _store_later(self, key: str, data: bytes) -> None:
@@ -354,10 +373,22 @@ class ResponseCache:
 
         pending.add_done_callback(landed)
 
+    def _raced(self, key: str, arrived: int) -> tuple[asyncio.Task[Any], bool, int] | None:
+        """A flight for ``key`` that started after sequence number ``arrived`` and succeeded, if one is known."""
+        recent = self._recent.get(key)
+        if recent is None or recent[2] <= arrived or recent[0].cancelled() or recent[0].exception() is not None:
+            return None  # a failed computation is not shared after the fact: this caller tries for itself
+        return recent
+
     def _finished(self, key: str, task: asyncio.Task[Any]) -> None:
         flight = self._inflight.get(key)
         if flight is not None and flight[0] is task:
             del self._inflight[key]
+            if self._waiting:
+                self._recent[key] = flight
+                self._recent.move_to_end(key)
+                if len(self._recent) > RECENT_FLIGHTS:
+                    self._recent.popitem(last=False)
         # Followers read the outcome through their shield; mark it retrieved for when nobody is left.
         if not task.cancelled():
             task.exception()
