@@ -20,6 +20,7 @@ from prodai_cli.commands import check as check_cmd
 from prodai_cli.commands import config as config_cmd
 from prodai_cli.commands import deploy as deploy_cmd
 from prodai_cli.commands import loadtest as loadtest_cmd
+from prodai_cli.commands import rollout as rollout_cmd
 from prodai_cli.commands import ship as ship_cmd
 from prodai_cli.commands._common import State
 from prodai_cli.errors import EXIT_FAILURE, EXIT_USAGE, ProdaiError
@@ -71,6 +72,7 @@ app.command("ab-show")(ab.show_command)
 app.command("loadtest")(loadtest_cmd.command)
 app.command("check")(check_cmd.command)
 app.command("ship")(ship_cmd.command)
+app.command("rollout")(rollout_cmd.command)
 app.add_typer(deploy_cmd.app, name="deploy")
 
 

@@ -31,6 +31,7 @@ from typing import Any
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+VARIANT_LATENCY_METRIC = "prodai_variant_latency_seconds"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -68,6 +69,14 @@ class ServerMetrics:
             "prodai_request_latency_seconds",
             "Time from request start to response end",
             ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Per A/B variant, for judging one arm of a split on its own (prodai rollout reads it per step).
+        self.variant_latency = Histogram(
+            VARIANT_LATENCY_METRIC,
+            "Time from request start to response end, by the A/B variant that answered (model routes only)",
+            ["variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -112,6 +121,8 @@ class ServerMetrics:
         """Count one answered request and its latency."""
         self.requests.labels(route, str(status), model_version, variant).inc()
         self.latency.labels(route).observe(seconds)
+        if variant:
+            self.variant_latency.labels(variant).observe(seconds)
 
 
 def parse_exposition(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
