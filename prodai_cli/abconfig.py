@@ -500,8 +500,9 @@ def ab_show(
             whose alias moved since ab-set (``stale``); None skips that.
 
     Returns:
-        ``{enabled, model, variants: {name: {version, weight, alias, stale, alias_now, requests, share}}, url,
-        total_requests, other_variants, stale, resplit}``; ``other_variants`` holds traffic of variants the
+        ``{enabled, model, variants: {name: {version, weight, alias, stale, alias_now, requests, share}},
+        shadow: {version, sample, live} | None, url, total_requests, other_variants, stale, resplit}`` (``live``:
+        the server's shadow figures, see :func:`shadow_figures`); ``other_variants`` holds traffic of variants the
         config does not name (a server not yet reloaded, or A/B off); ``stale`` describes each stale
         variant and ``resplit`` is the ab-set command that makes them follow their aliases again.
 
@@ -529,10 +530,12 @@ def ab_show(
             stale_error = f"aliases not checked: {exc.message}"
     for variant in stale:
         variants[variant.name].update(stale=True, alias_now=variant.now)
+    copies = ab.shadow
     result: dict[str, Any] = {
         "enabled": ab.enabled,
         "model": ab.model,
         "variants": variants,
+        "shadow": {"version": copies.version, "sample": copies.sample, "live": None} if copies.enabled else None,
         "url": url,
         "interval_s": interval_s if url else None,
         "total_requests": None,
@@ -545,6 +548,12 @@ def ab_show(
         return result
     headers = {config.auth.header: api_key} if api_key else {}
     counts = live_variant_counts(url, headers=headers, interval_s=interval_s)
+    if result["shadow"] is not None:
+        # Since the server started: the comparison is a running tally, not a window.
+        live = shadow_figures(fetch_metrics(url, headers=headers))
+        named = live.get(f"v{copies.version}") if isinstance(copies.version, int) else None
+        # An alias: the one shadow the server ran, if only one.
+        result["shadow"]["live"] = named if named is not None or len(live) != 1 else next(iter(live.values()))
     total = sum(counts.values())
     result["total_requests"] = total
     for name, entry in variants.items():
@@ -555,4 +564,185 @@ def ab_show(
         for name, value in counts.items()
         if name not in variants
     }
+    return result
+
+
+# --------------------------------------------------------------------------------------------- ab-shadow
+
+
+@dataclass(frozen=True)
+class ABShadowResult:
+    """What ``ab-shadow`` did (or, with ``--dry-run``, would do)."""
+
+    path: Path
+    model: str
+    enabled: bool
+    version: int | None
+    sample: float | None
+    written: bool
+    diff: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document."""
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "enabled": self.enabled,
+            "version": self.version,
+            "sample": self.sample,
+            "written": self.written,
+            "diff": self.diff,
+        }
+
+
+def shadow_mutation(version: int | None, sample: float | None) -> Callable[[Any], None]:
+    """The edit of ``ab.shadow``: on (version, sample) or off (``version`` None keeps the other keys)."""
+
+    def mutate(doc: Any) -> None:
+        from ruamel.yaml.comments import CommentedMap
+
+        section = doc.get("ab")
+        if not isinstance(section, dict):
+            section = CommentedMap()
+            doc["ab"] = section
+        shadow = section.get("shadow")
+        if not isinstance(shadow, CommentedMap) or shadow.fa.flow_style():
+            shadow = CommentedMap(shadow or {})
+            section["shadow"] = shadow
+        shadow["enabled"] = version is not None
+        if version is not None:
+            shadow["version"] = version
+            shadow["sample"] = sample
+
+    return mutate
+
+
+def ab_shadow(
+    settings: Settings,
+    target: str | None,
+    *,
+    sample: str = "10%",
+    off: bool = False,
+    dry_run: bool = False,
+) -> ABShadowResult:
+    """The whole of ``prodai ab-shadow``: copy a share of live traffic to a version, or stop copying.
+
+    Args:
+        settings: The project (its prodai.yaml is edited).
+        target: The shadow version (``v3``, ``3`` or an alias, resolved to its number); None with ``off``.
+        sample: Share of answered requests copied (``10%``, ``0.1``).
+        off: Stop shadowing.
+        dry_run: Print the diff; write nothing.
+
+    Raises:
+        UsageError: Bad arguments, or A/B is off (the server copies requests of its A/B router).
+        ModelNotFoundError: The version or alias does not exist.
+        ConfigError: The result would not be a valid config (nothing is written).
+
+    """
+    from prodai_cli.config import edit_config
+
+    config = settings.config
+    path = settings.path or settings.root / CONFIG_FILENAME
+    if off == (target is not None):
+        raise UsageError("Name the shadow version (prodai ab-shadow v3 --sample 10%) or pass --off")
+    if not config.ab.enabled or not config.ab.model:
+        raise UsageError(
+            "Shadow traffic copies requests of the A/B router, and A/B is off",
+            hint="Route all traffic to the stable version first, e.g. prodai ab-set production=100% --model NAME",
+        )
+    model = config.ab.model
+    version: int | None = None
+    share: float | None = None
+    if target is not None:
+        _, ref = parse_variant_target(target)
+        share = float(parse_weight(sample))
+        if share <= 0:
+            raise UsageError("--sample must be above 0 (use --off to stop shadowing)")
+        from prodai_cli.registry import Registry
+
+        registry = Registry(settings)
+        version = registry.get_version(f"{model}/{ref}" if isinstance(ref, int) else f"{model}@{ref}").version
+    edit = edit_config(path, shadow_mutation(version, share), dry_run=dry_run)
+    return ABShadowResult(
+        path=path,
+        model=model,
+        enabled=version is not None,
+        version=version,
+        sample=share,
+        written=edit.written,
+        diff=unified_diff(edit.before, edit.after, path.name),
+    )
+
+
+def shadow_figures(metrics_text: str) -> dict[str, dict[str, Any]]:
+    """Live shadow figures per shadow version label (``v3``) from a server's ``/metrics``.
+
+    Returns:
+        ``{shadow: {compared, agreement, by_variant: {variant: {compared, agreement}}, errors, dropped:
+        {reason: n}, primary_avg_ms, shadow_avg_ms}}``; ``agreement`` is None before anything was compared.
+
+    Raises:
+        ProdaiError: The text is not in the Prometheus exposition format.
+
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from prodai_cli.serving.ab import shadow as series
+
+    figures: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return figures.setdefault(
+            name,
+            {"compared": 0.0, "agreed": 0.0, "by_variant": {}, "errors": 0.0, "dropped": {}, "latency": {}},
+        )
+
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            for sample in family.samples:
+                labels, value = sample.labels, float(sample.value)
+                shadow = labels.get("shadow")
+                if not shadow:
+                    continue
+                if sample.name in (series.COMPARED_METRIC, series.AGREEMENT_METRIC):
+                    key = "compared" if sample.name == series.COMPARED_METRIC else "agreed"
+                    entry(shadow)[key] += value
+                    per = entry(shadow)["by_variant"].setdefault(
+                        labels.get("variant", ""), {"compared": 0.0, "agreed": 0.0}
+                    )
+                    per[key] += value
+                elif sample.name == series.ERRORS_METRIC:
+                    entry(shadow)["errors"] += value
+                elif sample.name == series.DROPPED_METRIC:
+                    dropped = entry(shadow)["dropped"]
+                    dropped[labels.get("reason", "")] = dropped.get(labels.get("reason", ""), 0.0) + value
+                elif sample.name in (f"{series.LATENCY_METRIC}_sum", f"{series.LATENCY_METRIC}_count"):
+                    side = entry(shadow)["latency"].setdefault(labels.get("side", ""), {"sum": 0.0, "count": 0.0})
+                    side["sum" if sample.name.endswith("_sum") else "count"] += value
+    except ValueError as exc:
+        raise ProdaiError(f"The server's /metrics is not Prometheus text: {exc}") from None
+    result: dict[str, dict[str, Any]] = {}
+    for name, raw in figures.items():
+        latency = raw["latency"]
+
+        def avg_ms(side: str, latency: dict[str, Any] = latency) -> float | None:
+            numbers = latency.get(side)
+            return numbers["sum"] / numbers["count"] * 1000.0 if numbers and numbers["count"] else None
+
+        result[name] = {
+            "compared": raw["compared"],
+            "agreement": raw["agreed"] / raw["compared"] if raw["compared"] else None,
+            "by_variant": {
+                variant: {
+                    "compared": per["compared"],
+                    "agreement": per["agreed"] / per["compared"] if per["compared"] else None,
+                }
+                for variant, per in raw["by_variant"].items()
+            },
+            "errors": raw["errors"],
+            "dropped": raw["dropped"],
+            "primary_avg_ms": avg_ms("primary"),
+            "shadow_avg_ms": avg_ms("shadow"),
+        }
     return result

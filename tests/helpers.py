@@ -21,8 +21,15 @@ VOCAB = (
 )
 
 
-def build_tiny_model(directory: Path, task: str = "text-classification", seed: int = 0, num_labels: int = 2) -> Path:
-    """Save a random 2-layer BERT (classification head or bare encoder) with a WordPiece tokenizer."""
+def build_tiny_model(
+    directory: Path, task: str = "text-classification", seed: int = 0, num_labels: int = 2, head_gain: float = 1.0
+) -> Path:
+    """Save a random 2-layer BERT (classification head or bare encoder) with a WordPiece tokenizer.
+
+    A random head gives nearly equal logits whatever the text, so such a model answers one label for every
+    input; ``head_gain`` scales the head's weights so that the label follows the text (two such models with
+    other seeds then agree on some texts and disagree on others).
+    """
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
@@ -46,6 +53,20 @@ def build_tiny_model(directory: Path, task: str = "text-classification", seed: i
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config) if task == "text-classification" else BertModel(config)
+    if head_gain != 1.0 and isinstance(model, BertForSequenceClassification):
+        # Scale the head, then centre each logit on its median over sample texts: the constant part of the
+        # pooled output no longer decides, the text does (about half the sample goes to each label).
+        import random
+
+        rng = random.Random(seed)
+        words = [token for token in VOCAB if not token.startswith("[")]
+        sample = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 24))) for _ in range(256)]
+        model.eval()
+        with torch.no_grad():
+            model.classifier.weight.mul_(head_gain)
+            model.classifier.bias.zero_()
+            logits = model(**tokenizer(sample, padding=True, return_tensors="pt")).logits
+            model.classifier.bias.sub_(logits.median(dim=0).values)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

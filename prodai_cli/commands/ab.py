@@ -1,4 +1,4 @@
-"""prodai ab-set and ab-show: split traffic between model versions and see the split live."""
+"""prodai ab-set, ab-show and ab-shadow: split traffic between versions, see it live, copy it to a shadow."""
 
 from __future__ import annotations
 
@@ -94,7 +94,66 @@ def show_command(
         rows.append(row)
     if rows:
         out.table(columns, rows, title=f"A/B {state}: {data['model'] or '(no model)'}")
+    shadow = data.get("shadow")
+    if shadow is not None:
+        live = shadow.get("live")
+        line = f"Shadow: {shadow['sample']:.0%} of answered requests copied to version {shadow['version']}"
+        if live:
+            agreement = "n/a" if live["agreement"] is None else f"{live['agreement']:.1%}"
+            dropped = sum(live["dropped"].values())
+            latency = " vs ".join(
+                "n/a" if live[key] is None else f"{live[key]:.0f} ms" for key in ("primary_avg_ms", "shadow_avg_ms")
+            )
+            line += (
+                f"; agreement {agreement} over {live['compared']:.0f} texts, {live['errors']:.0f} errors, "
+                f"{dropped:.0f} dropped; model time primary vs shadow {latency}"
+            )
+        out.info(line)
     for line in data["stale"]:
         out.warning(f"{line}: it keeps serving the old version until ab-set runs again")
     if data["resplit"]:
         out.info(f"Follow the aliases again: {data['resplit']}")
+
+
+def shadow_command(
+    ctx: typer.Context,
+    version: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="VERSION", help="The shadow version: v3, 3 or an alias (stored as its number).", show_default=False
+        ),
+    ] = None,
+    sample: Annotated[str, typer.Option("--sample", help="Share of answered requests copied: 10% or 0.1.")] = "10%",
+    off: Annotated[bool, typer.Option("--off", help="Stop copying requests.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff of prodai.yaml; write nothing.")] = False,
+    json_flag: JsonOption = False,
+) -> None:
+    """Copy a share of live requests to another version and compare its answers; clients never see them.
+
+    The copy runs after the answer is computed, is never cached, never counts against rate limits, and is
+    dropped first when the server is busy. The running server picks the change up without a restart; see
+    the agreement with `prodai ab-show --url URL` or in /metrics (prodai_shadow_*).
+
+    Exit codes: 0 written, 1 unknown version, 2 bad usage or A/B off.
+
+    Example: prodai ab-shadow v3 --sample 10%   (stop: prodai ab-shadow --off)
+    """
+    from prodai_cli.abconfig import ab_shadow
+
+    out = console(ctx, json_flag)
+    result = ab_shadow(settings(ctx), version, sample=sample, off=off, dry_run=dry_run)
+    if out.json_mode:
+        out.result(result.to_dict())
+        return
+    if dry_run:
+        out.result(None, human=result.diff.rstrip("\n") or "(no change)")
+        out.info(f"Dry run: {result.path} not written")
+        return
+    verb = "Wrote" if result.written else "Unchanged"
+    if result.enabled:
+        out.success(
+            f"{verb} {result.path.name}: {result.sample:.0%} of {result.model}'s answered requests "
+            f"copied to version {result.version}"
+        )
+    else:
+        out.success(f"{verb} {result.path.name}: shadow traffic off")

@@ -122,6 +122,31 @@ AB_VERSION_PATTERN = r"[vV]?([0-9]+)"
 AB_WEIGHT_TOLERANCE = 1e-3
 
 
+def version_or_alias(value: Any) -> int | str:
+    """``3``, ``"3"`` and ``"v3"`` all mean version 3; anything else must look like an MLflow alias.
+
+    Raises:
+        ValueError: Neither (pydantic names the key and line).
+
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a version number or an alias, not a boolean")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("version numbers start at 1")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        version = re.fullmatch(AB_VERSION_PATTERN, text)
+        if version:
+            if int(version.group(1)) < 1:
+                raise ValueError("version numbers start at 1")
+            return int(version.group(1))
+        if re.fullmatch(AB_ALIAS_PATTERN, text):
+            return text
+    raise ValueError(f"must be a version number (3, v3) or an alias (production), got {value!r}")
+
+
 class ABVariantConfig(Section):
     """One arm of an A/B split: a version of ``ab.model`` and its share of traffic."""
 
@@ -140,23 +165,7 @@ class ABVariantConfig(Section):
     @field_validator("version", mode="before")
     @classmethod
     def _version_or_alias(cls, value: Any) -> int | str:
-        # `3`, "3" and "v3" all mean version 3; anything else must look like an MLflow alias.
-        if isinstance(value, bool):
-            raise ValueError("must be a version number or an alias, not a boolean")
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError("version numbers start at 1")
-            return value
-        if isinstance(value, str):
-            text = value.strip()
-            version = re.fullmatch(AB_VERSION_PATTERN, text)
-            if version:
-                if int(version.group(1)) < 1:
-                    raise ValueError("version numbers start at 1")
-                return int(version.group(1))
-            if re.fullmatch(AB_ALIAS_PATTERN, text):
-                return text
-        raise ValueError(f"must be a version number (3, v3) or an alias (production), got {value!r}")
+        return version_or_alias(value)
 
 
 class BreakerConfig(Section):
@@ -184,6 +193,49 @@ class CascadeConfig(Section):
     threshold: float = Field(0.8, ge=0, le=1, description="Escalate when the small model's confidence is below")
 
 
+class ShadowConfig(Section):
+    """Shadow traffic: a sampled copy of live requests runs on another version after the answer is sent.
+
+    Its answers are never returned, never cached and never count against the client's rate limit; they are
+    compared with the answer the client got (label agreement, embedding cosine) and exported as
+    ``prodai_shadow_*`` metrics. Shadow work is dropped first when the server is busy.
+    """
+
+    enabled: bool = Field(False, description="Copy sampled requests to the shadow version (needs ab.enabled)")
+    version: int | str | None = Field(
+        None, description="Version of ab.model that runs the copies: a number (3, v3) or an alias, as in variants"
+    )
+    sample: float = Field(0.1, ge=0, le=1, description="Share of answered requests copied, 0..1 (or 10%)")
+    max_pending: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Texts the shadow may have in flight; a copy beyond it is dropped and counted, never queued",
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_or_alias(cls, value: Any) -> int | str | None:
+        return None if value is None else version_or_alias(value)
+
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        # `10%` reads as in ab-set; anything else is left to the float check (which names the key).
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                return value
+        return value
+
+    @model_validator(mode="after")
+    def _needs_a_version(self) -> ShadowConfig:
+        if self.enabled and self.version is None:
+            raise ValueError("shadow.enabled needs shadow.version (prodai ab-shadow v3 --sample 10%)")
+        return self
+
+
 class ABConfig(Section):
     """Sticky A/B routing between versions of one model."""
 
@@ -195,6 +247,7 @@ class ABConfig(Section):
     fallback: str | None = Field(None, description="Variant that serves when one fails. Empty: highest weight")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Circuit breaker per version")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Optional small-then-large routing")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Optional shadow traffic")
 
     @field_validator("variants")
     @classmethod
@@ -226,6 +279,8 @@ class ABConfig(Section):
                     raise ValueError(f"cascade.{role} {name!r} is not a variant (variants: {known})")
             if small == large:
                 raise ValueError("cascade.small and cascade.large must be different variants")
+        if self.shadow.enabled and not self.enabled:
+            raise ValueError("shadow.enabled needs ab.enabled: shadow traffic copies requests of the A/B router")
         return self
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from prodai_cli.config import ABConfig, ProdaiConfig, RegistryConfig, ServingConfig, Settings
     from prodai_cli.serving.ab.routing import ABRouting, Resilience
+    from prodai_cli.serving.ab.shadow import Shadowing
 
 logger = logging.getLogger("prodai.serving")
 
@@ -140,6 +141,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     )
     routing: ABRouting | None = None
     resilience: Resilience | None = None
+    shadowing: Shadowing | None = None
     router: Router
     if ab_mode:
         from prodai_cli.serving.ab.breaker import Breakers
@@ -147,6 +149,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
 
         routing = ABRouting(pool, resolve_router(settings, config))
         resilience = Resilience(pool, Breakers(config.ab.breaker), ABMetrics(metrics))
+        from prodai_cli.serving.ab.shadow import Shadowing, ShadowMetrics
+
+        shadowing = Shadowing(routing, pool, ShadowMetrics(metrics), timeout_s=serving.request_timeout_s)
         model_keys = routing.pool_keys()
         router = routing
     else:
@@ -172,6 +177,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     pipeline.input_hooks.append(protection.normalize)
     pipeline.cache = protection.cached
     pipeline.resilience = resilience
+    pipeline.shadow = shadowing
     if protection.output_filter.active:
         pipeline.output_filters.append(protection.redact)
     if metrics.multiprocess:
@@ -215,6 +221,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
                     task.cancel()
             if ab_reload is not None:
                 ab_reload.cancel()
+            if shadowing is not None:
+                await shadowing.aclose()
             await pool.close(timeout=max(1.0, serving.grace_period_s))
             await protection.aclose()
             restore_hup()

@@ -12,6 +12,7 @@
       [breaker/fallback/retry/cascade] around    PredictPipeline.resilience
         the micro-batcher                        PredictPipeline.run_model          (503 full, 504, model errors)
       output filters: [redaction]                PredictPipeline.output_filters    (before the cache stores)
+    shadow: [copy to the shadow version]         PredictPipeline.shadow            (started, never awaited)
     render                                       PredictPipeline.render
     after hooks (every request, refusals too)    PredictPipeline.after             (metrics bookkeeping)
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -184,6 +186,8 @@ InferWrapper = Callable[[RequestContext, Route, list[str], Infer], Awaitable[Inf
 """Wraps an Infer: a cache (calls the inner one on a miss) or breaker/fallback (calls it on another route)."""
 OutputFilter = Callable[[RequestContext, Inference], Inference]
 """Rewrites outputs before they are cached and returned (redaction)."""
+ShadowHook = Callable[[RequestContext, Route, list[str], Inference, float], None]
+"""Sees an answered request (texts, the Inference, its model seconds); may start a copy; must not raise or wait."""
 AfterHook = Callable[[RequestContext], None]
 """Runs when a request leaves the pipeline, answered or refused (metrics bookkeeping); must not raise."""
 
@@ -321,6 +325,7 @@ class PredictPipeline:
         self.cache: InferWrapper | None = None
         self.resilience: InferWrapper | None = None
         self.output_filters: list[OutputFilter] = []
+        self.shadow: ShadowHook | None = None
         self.after: list[AfterHook] = []
         self._seed: dict[Kind, Adapter] = {"single": SeedAdapter(self, "single"), "batch": SeedAdapter(self, "batch")}
 
@@ -344,6 +349,7 @@ class PredictPipeline:
                     texts = hook(ctx, texts)
                 route = adapter.route(ctx, self.router)
                 ctx.model_version, ctx.variant = route.model.version, route.variant
+                started = time.perf_counter()
                 try:
                     inference = await self.infer(ctx, route, texts)
                 except ModelError as exc:
@@ -356,6 +362,8 @@ class PredictPipeline:
             ctx.model_version, ctx.variant = inference.model_version, inference.variant
             if inference.fallback:
                 ctx.response_headers["X-Fallback"] = inference.fallback
+            if self.shadow is not None:
+                self.shadow(ctx, route, texts, inference, time.perf_counter() - started)
             return adapter.render(ctx, inference)
         finally:
             _forget(ctx)

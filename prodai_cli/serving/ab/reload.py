@@ -115,7 +115,7 @@ def resolve_router(settings: Settings, config: ProdaiConfig) -> ABRouter:
     ab = config.ab
     if ab.enabled:
         model = ab.model
-        if any(isinstance(v.version, str) for v in ab.variants.values()):
+        if any(isinstance(v.version, str) for v in ab.variants.values()) or isinstance(ab.shadow.version, str):
             registry = Registry(live)
             return ABRouter.from_config(
                 ab, resolve_alias=lambda alias: registry.get_version(f"{model}@{alias}").version

@@ -58,6 +58,24 @@ class Cascade:
     threshold: float
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """Shadow traffic: ``sample`` of the answered requests are copied to ``version`` and compared.
+
+    Attributes:
+        name: The ``shadow`` metric label (``v3``).
+        version: The registry version that runs the copies.
+        sample: Share of answered requests copied, 0..1.
+        max_pending: Texts the shadow may have in flight before copies are dropped.
+
+    """
+
+    name: str
+    version: int
+    sample: float
+    max_pending: int
+
+
 def user_bucket(salt: str, user_id: str) -> int:
     """The bucket (0..9999) of a user: sha256(salt, NUL, user id), first 8 bytes big-endian, mod 10,000.
 
@@ -79,6 +97,7 @@ class ABRouter:
         user_header: Request header carrying the user id (the server reads it; kept here for one source).
         fallback: Variant name preferred when another fails; None means highest weight first.
         cascade: Optional small-then-large routing.
+        shadow: Optional shadow traffic (its version is loaded with the variants').
         rng: Random source for requests without a user id (seed it in tests).
 
     Raises:
@@ -96,6 +115,7 @@ class ABRouter:
         user_header: str = "X-User-ID",
         fallback: str | None = None,
         cascade: Cascade | None = None,
+        shadow: Shadow | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not variants:
@@ -125,6 +145,7 @@ class ABRouter:
                 raise ValueError(f"{role} {name!r} is not a variant ({', '.join(self._by_name)})")
         self.fallback = fallback
         self.cascade = cascade
+        self.shadow = shadow
         self._rng = rng if rng is not None else random.Random()
         # Upper bucket bound (exclusive) of each variant; a zero-weight variant owns an empty range.
         bounds: list[int] = []
@@ -171,6 +192,16 @@ class ABRouter:
         cascade = None
         if ab.cascade.enabled and ab.cascade.small and ab.cascade.large:
             cascade = Cascade(small=ab.cascade.small, large=ab.cascade.large, threshold=ab.cascade.threshold)
+        shadow = None
+        copies = ab.shadow
+        if copies.enabled and copies.version is not None and copies.sample > 0:
+            if isinstance(copies.version, int):
+                shadow_version = copies.version
+            elif resolve_alias is None:
+                raise ValueError(f"shadow names alias {copies.version!r} and no alias resolver was given")
+            else:
+                shadow_version = resolve_alias(copies.version)
+            shadow = Shadow(f"v{shadow_version}", shadow_version, copies.sample, copies.max_pending)
         return cls(
             ab.model,
             variants,
@@ -178,6 +209,7 @@ class ABRouter:
             user_header=ab.user_header,
             fallback=ab.fallback,
             cascade=cascade,
+            shadow=shadow,
             rng=rng,
         )
 
@@ -191,8 +223,11 @@ class ABRouter:
     # ------------------------------------------------------------------------------------ queries
     @property
     def versions(self) -> frozenset[int]:
-        """Every version a server must load and warm before this router may take traffic."""
-        return frozenset(v.version for v in self.variants)
+        """Every version a server must load and warm before this router may take traffic (the shadow's too)."""
+        versions = {v.version for v in self.variants}
+        if self.shadow is not None:
+            versions.add(self.shadow.version)
+        return frozenset(versions)
 
     def variant(self, name: str) -> Variant:
         """The variant called ``name`` (KeyError when unknown)."""
@@ -267,6 +302,13 @@ class ABRouter:
             "cascade": None
             if self.cascade is None
             else {"small": self.cascade.small, "large": self.cascade.large, "threshold": self.cascade.threshold},
+            "shadow": None
+            if self.shadow is None
+            else {
+                "version": self.shadow.version,
+                "sample": self.shadow.sample,
+                "max_pending": self.shadow.max_pending,
+            },
         }
 
 
