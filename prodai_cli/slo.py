@@ -9,6 +9,9 @@ Grammar (case-insensitive, spaces optional)::
     METRIC   := pNN | avg | min | max        latency in ms (UNIT ms, s; none means ms)
               | error_rate                   failed/all requests (UNIT %; none means a fraction 0..1)
               | rps                          requests per second (UNIT rps, /s or none)
+              | agreement                    share of texts a candidate answers like the stable version,
+                                             from shadow comparisons (UNIT %; none means 0..1); live
+                                             traffic only (``prodai rollout``), a load test cannot see it
     OP       := < | <= | > | >=
 """
 
@@ -77,7 +80,7 @@ class Slo:
     @property
     def unit(self) -> str:
         """``ms``, ``%`` or ``rps``: how the threshold and the observed value are shown."""
-        if self.metric == "error_rate":
+        if self.metric in ("error_rate", "agreement"):
             return "%"
         if self.metric == "rps":
             return "rps"
@@ -150,11 +153,12 @@ class SloResult:
         return f"{self.slo.text} (observed {self.slo.show(self.observed)}{scaled})"
 
 
-def parse_slo(text: str) -> Slo:
+def parse_slo(text: str, *, live: bool = False) -> Slo:
     """Parse one SLO expression.
 
     Args:
         text: For example ``p95 < 200ms``, ``error_rate < 1%`` or ``rps > 50``.
+        live: Judged on a server's live traffic (``prodai rollout``), where ``agreement`` can be measured.
 
     Returns:
         The parsed SLO, its threshold in the metric's base unit (ms, fraction, requests/s).
@@ -185,6 +189,13 @@ def parse_slo(text: str) -> Slo:
         if threshold > 1:
             raise UsageError(f"Invalid SLO {text!r}: an error rate cannot exceed 100%", hint=SLO_SYNTAX_HINT)
         shown = f"{threshold * 100:g}%"
+    elif metric == "agreement" and live:
+        if unit not in ("", "%"):
+            raise UsageError(f"Invalid SLO {text!r}: agreement is a share, like 90% or 0.9", hint=SLO_SYNTAX_HINT)
+        threshold = value / 100.0 if unit == "%" else value
+        if threshold > 1:
+            raise UsageError(f"Invalid SLO {text!r}: agreement cannot exceed 100%", hint=SLO_SYNTAX_HINT)
+        shown = f"{threshold * 100:g}%"
     elif metric == "rps":
         if unit not in ("", "rps", "/s"):
             raise UsageError(f"Invalid SLO {text!r}: rps is requests per second", hint="Write it as 'rps > 50'")
@@ -193,14 +204,15 @@ def parse_slo(text: str) -> Slo:
     else:
         raise UsageError(
             f"Invalid SLO {text!r}: unknown metric {match.group('metric')!r}",
-            hint="Metrics: p50, p90, p95, p99 (any pNN), avg, min, max, error_rate, rps",
+            hint="Metrics: p50, p90, p95, p99 (any pNN), avg, min, max, error_rate, rps"
+            + ("" if live else " (agreement is judged on live traffic by prodai rollout only)"),
         )
     return Slo(text=f"{metric} {op} {shown}", metric=metric, op=op, threshold=threshold)
 
 
-def parse_slos(texts: list[str] | tuple[str, ...]) -> list[Slo]:
-    """Parse several SLOs (the first bad one raises :class:`UsageError`)."""
-    return [parse_slo(text) for text in texts]
+def parse_slos(texts: list[str] | tuple[str, ...], *, live: bool = False) -> list[Slo]:
+    """Parse several SLOs (the first bad one raises :class:`UsageError`); ``live`` as in :func:`parse_slo`."""
+    return [parse_slo(text, live=live) for text in texts]
 
 
 def percentiles_for(slos: list[Slo]) -> list[float]:

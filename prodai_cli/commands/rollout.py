@@ -29,7 +29,9 @@ def command(
     slo: Annotated[
         list[str] | None,
         typer.Option(
-            "--slo", help="SLO on the candidate's live traffic (repeatable): 'p95 < 300ms', 'error_rate < 1%'."
+            "--slo",
+            help="SLO on the candidate's live traffic (repeatable): 'p95 < 300ms', 'error_rate < 1%', "
+            "'agreement > 90%' (answers compared with the stable version's by shadowing it).",
         ),
     ] = None,
     min_requests: Annotated[
@@ -149,6 +151,11 @@ def _show_plan(out: Any, plan: dict[str, Any]) -> None:
         title=f"Rollout plan for {plan['model']} against {plan['url']}",
     )
     out.info(f"SLOs: {'; '.join(plan['slos'])} (each step needs {plan['min_requests']} candidate requests)")
+    if plan.get("shadow_sample"):
+        out.info(
+            f"agreement: {plan['shadow_sample']:.0%} of the candidate's requests are also run on version "
+            f"{stable['version']} (shadow) and the answers compared"
+        )
     out.info(f"Then: alias {plan['promote_alias']} -> version {candidate['version']}. Dry run: nothing changed")
 
 

@@ -43,7 +43,7 @@ RELOAD_TIMEOUT_S = 120.0
 RELOAD_METRIC = "prodai_config_reload_timestamp_seconds"
 RELOAD_OK_METRIC = "prodai_config_reload_success"
 # SLO metrics a histogram and counters can answer (min/max need every sample).
-JUDGEABLE = ("error_rate", "rps", "avg_ms")
+JUDGEABLE = ("error_rate", "rps", "avg_ms", "agreement")
 ACTIVE = "running"
 
 
@@ -93,8 +93,11 @@ class RolloutPlan:
     slos: list[str]
     min_requests: int
     url: str
-    # The `ab` section as it was (enabled, model, variants, fallback): an abort or a breach restores it.
+    # The `ab` section as it was (enabled, model, variants, fallback, shadow): an abort or a breach restores it.
     original_ab: dict[str, Any]
+    # With an `agreement` SLO: every step also copies the candidate's requests to the stable version (this
+    # share of them) and compares the answers; 0 without one.
+    shadow_sample: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -232,7 +235,7 @@ def plan_rollout(
     from prodai_cli.refs import parse_model_ref
     from prodai_cli.registry import Registry, validate_alias
 
-    parsed = parse_slos(slos)
+    parsed = parse_slos(slos, live=True)
     for slo in parsed:
         if slo.percentile is None and slo.key not in JUDGEABLE:
             raise UsageError(
@@ -260,6 +263,7 @@ def plan_rollout(
         "variants": {
             name: {k: v for k, v in spec.model_dump().items() if v is not None} for name, spec in ab.variants.items()
         },
+        "shadow": {k: v for k, v in ab.shadow.model_dump().items() if v is not None} if ab.shadow.enabled else None,
     }
     return RolloutPlan(
         model=ref.name,
@@ -272,6 +276,7 @@ def plan_rollout(
         min_requests=min_requests,
         url=url,
         original_ab=original,
+        shadow_sample=1.0 if any(slo.metric == "agreement" for slo in parsed) else 0.0,
     )
 
 
@@ -290,6 +295,12 @@ def _write_split(settings: Settings, plan: RolloutPlan, share: float) -> bool:
 
     arms = [(plan.stable, round(1.0 - share, 6)), (plan.candidate, round(share, 6))]
 
+    shadow = plan.original_ab.get("shadow")
+    if plan.shadow_sample > 0:
+        # The candidate's answers compared with the stable version's (the stable's own requests are not copied:
+        # a shadow on the answering version has nothing to compare).
+        shadow = {"enabled": True, "version": plan.stable.version, "sample": plan.shadow_sample}
+
     def mutate(doc: Any) -> None:
         _set_ab(
             doc,
@@ -297,6 +308,7 @@ def _write_split(settings: Settings, plan: RolloutPlan, share: float) -> bool:
             model=plan.model,
             fallback=plan.stable.name,
             variants={arm.name: _variant(arm, weight) for arm, weight in arms},
+            shadow=shadow,
         )
 
     return edit_config(_config_path(settings), mutate).written
@@ -309,7 +321,16 @@ def _variant(arm: Arm, weight: float) -> dict[str, Any]:
     return entry
 
 
-def _set_ab(doc: Any, *, enabled: bool, model: str | None, fallback: str | None, variants: dict[str, Any]) -> None:
+def _set_ab(
+    doc: Any,
+    *,
+    enabled: bool,
+    model: str | None,
+    fallback: str | None,
+    variants: dict[str, Any],
+    shadow: dict[str, Any] | None,
+) -> None:
+    """Write the ``ab`` keys a rollout owns; ``shadow`` None removes the shadow section."""
     from ruamel.yaml.comments import CommentedMap
 
     section = doc.get("ab")
@@ -327,6 +348,10 @@ def _set_ab(doc: Any, *, enabled: bool, model: str | None, fallback: str | None,
     for name, entry in variants.items():
         block[name] = CommentedMap(entry)
     section["variants"] = block
+    if shadow is None:
+        section.pop("shadow", None)
+    else:
+        section["shadow"] = CommentedMap(shadow)
 
 
 def _restore(settings: Settings, plan: RolloutPlan) -> bool:
@@ -342,6 +367,7 @@ def _restore(settings: Settings, plan: RolloutPlan) -> bool:
             model=original.get("model"),
             fallback=original.get("fallback"),
             variants=original.get("variants") or {},
+            shadow=original.get("shadow"),
         )
 
     return edit_config(_config_path(settings), mutate).written
@@ -353,8 +379,19 @@ def _write_promoted(settings: Settings, plan: RolloutPlan) -> bool:
 
     arm = Arm(name=plan.promote_alias, version=plan.candidate.version, alias=plan.promote_alias)
 
+    shadow = plan.original_ab.get("shadow")
+    if shadow is not None and shadow.get("version") == plan.candidate.version:
+        shadow = None  # the user's shadow was the candidate, which now answers everything itself
+
     def mutate(doc: Any) -> None:
-        _set_ab(doc, enabled=True, model=plan.model, fallback=None, variants={arm.name: _variant(arm, 1.0)})
+        _set_ab(
+            doc,
+            enabled=True,
+            model=plan.model,
+            fallback=None,
+            variants={arm.name: _variant(arm, 1.0)},
+            shadow=shadow,
+        )
 
     return edit_config(_config_path(settings), mutate).written
 
@@ -535,7 +572,7 @@ def run_rollout(
     """
     plan = state.plan
     server = Server(plan.url, {settings.config.auth.header: api_key} if api_key else {})
-    slos = parse_slos(plan.slos)
+    slos = parse_slos(plan.slos, live=True)
     poll = poll_s if poll_s is not None else min(5.0, max(0.5, plan.interval_s / 10))
     server.require_ab_routing()
     state.pid = os.getpid()
@@ -561,7 +598,11 @@ def run_rollout(
             figures = current.to_dict() | {"rps": current.figure("rps"), "avg_ms": current.figure("avg_ms")}
             for slo in slos:
                 figures.setdefault(slo.key, current.figure(slo.key))
-            if current.requests >= plan.min_requests:
+            # An agreement SLO also needs as many compared texts (copies may be shed when the server is busy).
+            enough = current.requests >= plan.min_requests and (
+                plan.shadow_sample <= 0 or current.compared >= plan.min_requests
+            )
+            if enough:
                 results = evaluate(slos, figures)
                 breached = [r for r in results if not r.passed]
                 if breached:
@@ -575,8 +616,9 @@ def run_rollout(
                     break
             elif elapsed >= plan.interval_s * STARVED_INTERVALS:
                 reason = (
-                    f"{label}: only {current.requests:.0f} of the candidate's requests in {elapsed:.0f}s "
-                    f"(--min-requests {plan.min_requests}); nothing was shown to be safe"
+                    f"{label}: only {current.requests:.0f} of the candidate's requests "
+                    + (f"({current.compared:.0f} compared with the stable version) " if plan.shadow_sample else "")
+                    + f"in {elapsed:.0f}s (--min-requests {plan.min_requests}); nothing was shown to be safe"
                 )
                 state.timeline.append(_entry(state, share, figures, [], passed=False))
                 report(reason + "; rolling back")

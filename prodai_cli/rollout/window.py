@@ -7,7 +7,10 @@ from series the server already exports:
 - ``prodai_requests_total{variant}``: requests the variant answered, by HTTP status (5xx are failures);
 - ``prodai_ab_fallbacks_total{variant}``: requests assigned to the variant that another variant answered
   because it failed, timed out or had its breaker open (failures of the variant the client never saw);
-- ``prodai_variant_latency_seconds{variant}``: the latency histogram of the requests the variant answered.
+- ``prodai_variant_latency_seconds{variant}``: the latency histogram of the requests the variant answered;
+- ``prodai_shadow_compared_total{variant}`` and ``prodai_shadow_agreement_total{variant}``: texts the variant
+  answered that a shadow copy on another version was compared with, and their summed agreement (the rollout
+  shadows the stable version when an ``agreement`` SLO is asked for).
 
 ``error_rate`` is (5xx + fallbacks) / (answered + fallbacks); latency percentiles are interpolated in the
 histogram's buckets like Prometheus' ``histogram_quantile``.
@@ -24,6 +27,8 @@ from prodai_cli.errors import ProdaiError
 REQUESTS = "prodai_requests_total"
 FALLBACKS = "prodai_ab_fallbacks_total"
 LATENCY = "prodai_variant_latency_seconds"
+COMPARED = "prodai_shadow_compared_total"
+AGREED = "prodai_shadow_agreement_total"
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Snapshot:
     latency_sum: float = 0.0
     # Upper bound (seconds; "+Inf" as math.inf) -> cumulative count, as the histogram exports it.
     buckets: dict[float, float] = field(default_factory=dict)
+    compared: float = 0.0
+    agreed: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (bucket bounds as strings, ``+Inf`` included)."""
@@ -44,6 +51,8 @@ class Snapshot:
             "server_errors": self.server_errors,
             "fallbacks": self.fallbacks,
             "latency_sum": self.latency_sum,
+            "compared": self.compared,
+            "agreed": self.agreed,
             "buckets": {("+Inf" if math.isinf(k) else repr(k)): v for k, v in self.buckets.items()},
         }
 
@@ -56,6 +65,8 @@ class Snapshot:
             fallbacks=float(data.get("fallbacks", 0.0)),
             latency_sum=float(data.get("latency_sum", 0.0)),
             buckets={float(k): float(v) for k, v in (data.get("buckets") or {}).items()},
+            compared=float(data.get("compared", 0.0)),
+            agreed=float(data.get("agreed", 0.0)),
         )
 
 
@@ -87,6 +98,10 @@ def snapshot(metrics_text: str, variant: str) -> Snapshot:
                     snap.buckets[bound] = snap.buckets.get(bound, 0.0) + value
                 elif sample.name == f"{LATENCY}_sum":
                     snap.latency_sum += value
+                elif sample.name == COMPARED:
+                    snap.compared += value
+                elif sample.name == AGREED:
+                    snap.agreed += value
     except ValueError as exc:
         raise ProdaiError(f"The server's /metrics is not Prometheus text: {exc}") from None
     return snap
@@ -102,6 +117,8 @@ class Window:
     latency_sum: float
     buckets: dict[float, float]
     seconds: float
+    compared: float = 0.0
+    agreed: float = 0.0
 
     @property
     def requests(self) -> float:
@@ -114,6 +131,11 @@ class Window:
         if self.requests <= 0:
             return None
         return (self.server_errors + self.fallbacks) / self.requests
+
+    @property
+    def agreement(self) -> float | None:
+        """Share of the compared texts answered like the shadow (None before any comparison)."""
+        return self.agreed / self.compared if self.compared > 0 else None
 
     def percentile_ms(self, percent: float) -> float | None:
         """Latency percentile in ms, interpolated within the histogram bucket (None without traffic)."""
@@ -134,9 +156,11 @@ class Window:
         return None
 
     def figure(self, key: str) -> float | None:
-        """The figure an SLO reads: ``pNN_ms``, ``avg_ms``, ``error_rate`` or ``rps``."""
+        """The figure an SLO reads: ``pNN_ms``, ``avg_ms``, ``error_rate``, ``rps`` or ``agreement``."""
         if key == "error_rate":
             return self.error_rate
+        if key == "agreement":
+            return self.agreement
         if key == "rps":
             return self.requests / self.seconds if self.seconds > 0 else None
         if key == "avg_ms":
@@ -158,6 +182,8 @@ class Window:
             "p95_ms": self.percentile_ms(95),
             "p99_ms": self.percentile_ms(99),
             "seconds": self.seconds,
+            "compared": self.compared,
+            "agreement": self.agreement,
         }
 
 
@@ -176,4 +202,6 @@ def window(before: Snapshot, after: Snapshot, seconds: float) -> Window:
         latency_sum=delta(after.latency_sum, before.latency_sum),
         buckets={bound: delta(count, before.buckets.get(bound, 0.0)) for bound, count in after.buckets.items()},
         seconds=seconds,
+        compared=delta(after.compared, before.compared),
+        agreed=delta(after.agreed, before.agreed),
     )

@@ -140,3 +140,38 @@ def test_status_without_a_rollout_says_so(stable_project: Path) -> None:
     assert result.exit_code == 0 and json.loads(result.stdout) == {"status": None}
     assert run_cli("rollout", "--resume", cwd=stable_project).exit_code == 2
     assert run_cli("rollout", "--abort", cwd=stable_project).exit_code == 2
+
+
+def test_agreement_is_read_from_the_shadow_series_of_the_candidate_over_the_window() -> None:
+    def text(compared: int, agreed: float) -> str:
+        return (
+            f'prodai_shadow_compared_total{{variant="canary",shadow="v1"}} {compared}\n'
+            f'prodai_shadow_agreement_total{{variant="canary",shadow="v1"}} {agreed}\n'
+            'prodai_shadow_compared_total{variant="stable",shadow="v9"} 500\n'
+        )
+
+    w = window(snapshot(text(40, 39), "canary"), snapshot(text(140, 99), "canary"), seconds=5.0)
+    assert w.compared == 100 and w.agreement == pytest.approx(0.6) and w.figure("agreement") == pytest.approx(0.6)
+    assert window(snapshot("", "canary"), snapshot("", "canary"), 1.0).agreement is None
+
+
+def test_agreement_is_an_slo_of_live_traffic_only() -> None:
+    from prodai_cli.slo import parse_slo
+
+    slo = parse_slo("agreement >= 90%", live=True)
+    assert (slo.key, slo.threshold, slo.holds(0.95), slo.holds(0.85)) == ("agreement", 0.9, True, False)
+    with pytest.raises(UsageError, match="unknown metric 'agreement'") as refused:
+        parse_slo("agreement > 0.9")  # a load test cannot measure it
+    assert "prodai rollout only" in (refused.value.hint or "")
+    with pytest.raises(UsageError):
+        parse_slo("agreement > 120%", live=True)
+
+
+def test_an_agreement_slo_plans_a_shadow_of_the_stable_version(stable_project: Path) -> None:
+    result = run_cli(
+        "--json", "rollout", "clf@staging", "--slo", "agreement > 0.95", "--dry-run", cwd=stable_project
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["shadow_sample"] == 1.0 and plan["slos"] == ["agreement > 95%"]
+    assert plan["original_ab"]["shadow"] is None

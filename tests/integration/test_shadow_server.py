@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from helpers import VOCAB, build_tiny_model, run_cli
 
+from prodai_cli.config import load_settings
 from prodai_cli.runtime import load_runtime
 
 pytestmark = pytest.mark.slow
@@ -186,3 +187,34 @@ def test_ab_shadow_refuses_without_ab_and_names_unknown_versions(spread_project:
     dry = run_cli("ab-shadow", "v1", "--sample", "25%", "--dry-run", cwd=registered_copy)
     assert dry.exit_code == 0 and "+    version: 1" in dry.stdout and "+    sample: 0.25" in dry.stdout
     assert (registered_copy / "prodai.yaml").read_text() == before
+
+
+def test_a_rollout_with_an_agreement_slo_rolls_back_a_candidate_that_answers_otherwise(
+    spread_project: Path, tmp_path: Path, kit: Any, servers: list[Any]
+) -> None:
+    stable = SHADOWED[: SHADOWED.index("  shadow:\n")]
+    project = kit.make_project(spread_project, tmp_path / "proj", kit.BASE_CONFIG + stable)
+    server = kit.Server(project)
+    servers.append(server)
+    kit.start_all(server)
+    rng = random.Random(11)
+
+    def call(worker: int, index: int) -> Any:
+        text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 16))) + f" {worker} {index}"
+        return kit.Call({"text": text}, {"X-User-ID": str(uuid.uuid4())})
+
+    with kit.Hammer(server.port, call, 4) as hammer:
+        result = run_cli(
+            "--json", "rollout", "spread@staging", "--steps", "50%,100%", "--interval", "4s", "--min-requests", "10",
+            "--slo", "agreement > 90%", "--slo", "error_rate < 1%", "--url", server.url, cwd=project, timeout=300,
+        )  # fmt: skip
+    assert result.exit_code == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "rolled_back" and "agreement" in data["reason"]
+    first = data["timeline"][0]
+    assert first["window"]["compared"] >= 10 and first["window"]["agreement"] < 0.9
+    assert {a.status for _, a in hammer.records} == {200}
+    # The original config is back: the stable split and no shadow section.
+    ab = load_settings(str(project / "prodai.yaml")).config.ab
+    assert {n: (v.version, v.weight) for n, v in ab.variants.items()} == {"production": (1, 1.0)}
+    assert not ab.shadow.enabled and "shadow" not in (project / "prodai.yaml").read_text()
