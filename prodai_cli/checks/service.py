@@ -37,7 +37,11 @@ def check_health(ctx: CheckContext) -> CheckResult:
 
 
 def check_registry(ctx: CheckContext) -> CheckResult:
-    """Every served version is a registered version, and one of them carries an alias."""
+    """Every served version is a registered version, and one of them carries an alias.
+
+    The evidence names each served version's latest rollout (``prodai rollout`` tags it), and a rollout
+    left unfinished (its weights half-way) is a warning until it is resumed or aborted.
+    """
     registered, problems = served_registered(ctx)
     notes = []
     aliased = False
@@ -49,12 +53,19 @@ def check_registry(ctx: CheckContext) -> CheckResult:
             continue
         if info.aliases:
             aliased = True
-        notes.append(f"{served} registered, aliases: {', '.join(info.aliases) or 'none'}")
+        notes.append(f"{served} registered, aliases: {', '.join(info.aliases) or 'none'}{_last_rollout(info.tags)}")
     if problems:
         return failed(
             "registry",
             "; ".join(problems + notes),
             "Serve registered versions: prodai register DIR --name NAME, then prodai serve --model NAME@production",
+        )
+    unfinished = _unfinished_rollout(ctx)
+    if unfinished:
+        return warned(
+            "registry",
+            "; ".join([*notes, unfinished]),
+            "Continue it with `prodai rollout --resume`, or put the stable split back with `prodai rollout --abort`",
         )
     stale = _stale_variants(ctx)
     if stale:
@@ -79,6 +90,41 @@ def check_registry(ctx: CheckContext) -> CheckResult:
             f"{names[0]} {registered[0].version} --alias production",
         )
     return passed("registry", "; ".join(notes))
+
+
+def _last_rollout(tags: dict[str, str]) -> str:
+    """``; last rollout succeeded 2h ago (4/4 steps, run 1a2b3c4d)`` from a version's tags, or ''."""
+    status = tags.get("prodai.rollout.status")
+    if not status:
+        return ""
+    days = age_days(tags.get("prodai.rollout.at"))
+    ago = f" {show_age(days)} ago" if days is not None else ""
+    run = (tags.get("prodai.rollout.run_id") or "")[:8]
+    steps = tags.get("prodai.rollout.steps") or "?"
+    return f"; last rollout {status.replace('_', ' ')}{ago} ({steps} steps, run {run})"
+
+
+def _unfinished_rollout(ctx: CheckContext) -> str | None:
+    """What an unfinished rollout left behind (``.prodai/rollout.json`` still ``running``), else None."""
+    import json
+
+    from prodai_cli.config import ROLLOUT_STATE_FILENAME
+
+    path = ctx.settings.state_dir / ROLLOUT_STATE_FILENAME
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("status") != "running":
+            return None
+        plan = state["plan"]
+        weights = ", ".join(f"{name}={float(w):.0%}" for name, w in (state.get("weights") or {}).items())
+        return (
+            f"a rollout of {plan['model']}/{plan['candidate']['version']} is unfinished at step "
+            f"{int(state.get('step', 0)) + 1} of {len(plan['steps'])}: weights {weights or 'not changed yet'}"
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the rollout state {path} cannot be read ({exc})"
 
 
 def _stale_variants(ctx: CheckContext) -> list[StaleVariant]:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 CONFIG_FILENAME = "prodai.yaml"
 STATE_DIRNAME = ".prodai"
+# A rollout's progress, in the state directory (prodai rollout writes it; prodai check reads it).
+ROLLOUT_STATE_FILENAME = "rollout.json"
 ENV_CONFIG = "PRODAI_CONFIG"
 ENV_PREFIX = "PRODAI_"
 # Short aliases for the overrides people set most; any key can be set as PRODAI_SECTION__KEY.

@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,6 @@ from prodai_cli.slo import evaluate, parse_slos
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
 
-STATE_FILE = "rollout.json"
 MAX_STEPS = 20
 # A step without enough of the candidate's requests waits this many intervals in all before it fails.
 STARVED_INTERVALS = 3
@@ -143,7 +143,9 @@ class RolloutState:
 
 def state_path(settings: Settings) -> Path:
     """Where the rollout's state lives: ``.prodai/rollout.json`` beside prodai.yaml."""
-    return settings.root / ".prodai" / STATE_FILE
+    from prodai_cli.config import ROLLOUT_STATE_FILENAME, STATE_DIRNAME
+
+    return settings.root / STATE_DIRNAME / ROLLOUT_STATE_FILENAME
 
 
 def load_state(settings: Settings) -> RolloutState | None:
@@ -511,7 +513,8 @@ def _record(settings: Settings, state: RolloutState) -> None:
     }
     metrics["steps_passed"] = float(sum(1 for entry in state.timeline if entry.get("passed")))
     try:
-        state.run_id = Registry(settings).record_run(
+        registry = Registry(settings)
+        state.run_id = registry.record_run(
             f"rollout-{plan.model}-v{plan.candidate.version}",
             tags={
                 "prodai.action": "rollout",
@@ -530,6 +533,17 @@ def _record(settings: Settings, state: RolloutState) -> None:
             },
             failed=state.status != "succeeded",
             what="Recording the rollout",
+        )
+        # On the candidate version itself, as load tests are: `prodai check` shows the latest.
+        registry.set_version_tags(
+            plan.model,
+            plan.candidate.version,
+            {
+                "prodai.rollout.status": state.status,
+                "prodai.rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "prodai.rollout.run_id": state.run_id,
+                "prodai.rollout.steps": f"{int(metrics['steps_passed'])}/{len(plan.steps)}",
+            },
         )
     except ProdaiError as exc:
         state.reason = f"{state.reason or ''} (not recorded in the registry: {exc.message})".strip()

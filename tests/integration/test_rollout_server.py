@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def stable_only(root: Path) -> bool:
     return {name: (v.version, v.weight) for name, v in variants.items()} == {"production": (1, 1.0)}
 
 
+def registry_check(root: Path, server: Any) -> dict[str, Any]:
+    """`prodai check --only registry`'s result for the server."""
+    result = run_cli("--json", "check", "--url", server.url, "--only", "registry", cwd=root)
+    assert result.exit_code in (0, 1), result.stderr
+    return json.loads(result.stdout)["results"][0]  # type: ignore[no-any-return]
+
+
 def rollout_process(root: Path, server: Any, *args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
     return subprocess.Popen(
@@ -130,6 +138,10 @@ def test_a_good_candidate_walks_every_step_and_takes_the_alias(project: Path, ki
     assert run.data.tags["prodai.action"] == "rollout"
     assert run.data.tags["prodai.version"] == "2"
     assert run.data.tags["prodai.rollout.status"] == "succeeded"
+    # prodai check shows the latest rollout of the served version.
+    item = registry_check(project, server)
+    assert item["status"] == "pass" and "clf/2" in item["evidence"]
+    assert re.search(rf"last rollout succeeded \d+ min ago \(2/2 steps, run {data['run_id'][:8]}\)", item["evidence"])
 
 
 # A slowed candidate sleeps on the one compute thread, so every request slows and fewer finish per second: its
@@ -188,6 +200,10 @@ def test_a_killed_rollout_resumes_where_it_stopped(project: Path, kit: Any, serv
         status = json.loads(run_cli("--json", "rollout", "status", cwd=project).stdout)
         assert status["status"] == "running" and status["step"] == 0
         assert status["weights"] == {"production": 0.5, "staging": 0.5}
+        # prodai check says the weights are half-way.
+        item = registry_check(project, server)
+        assert item["status"] == "warn" and "unfinished at step 1 of 2" in item["evidence"]
+        assert "--resume" in item["fix_hint"] and "--abort" in item["fix_hint"]
         # A new rollout is refused while this one is unfinished.
         refused = run_cli("rollout", *args, "--url", server.url, cwd=project)
         assert refused.exit_code == 2 and "--resume" in refused.stderr
