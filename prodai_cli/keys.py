@@ -1,4 +1,4 @@
-"""API keys: create, list and revoke them; only their sha256 digests are ever stored.
+"""API keys: create, list, revoke and delete them; only their sha256 digests are ever stored.
 
 A key is ``pk_`` followed by 43 URL-safe base64 characters (32 random bytes from :mod:`secrets`). It is
 shown once, by ``prodai keys create``; what is stored is its sha256 hex digest with a name, scopes and
@@ -7,7 +7,8 @@ YAML file (``keys: [...]``). Both are edited the same way: round-trip YAML (comm
 before writing, replaced atomically under a lock, so two ``keys create`` at once both land.
 
 Revoking keeps the record with ``revoked: true``: the server can then answer "revoked" rather than
-"unknown", and the name cannot be reused by accident.
+"unknown", and the name cannot be reused by accident. Deleting removes the record (refused while the key is
+active unless forced).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""The MLflow model registry behind prodai: register, list, resolve and alias model versions.
+"""The MLflow model registry behind prodai: register, list, resolve, alias and delete model versions.
 
 Callers get plain dataclasses, never MLflow types, so the rest of prodai does not care whether the
-registry is the embedded SQLite store or a remote ``mlflow server``.
+registry is the embedded SQLite store or a remote ``mlflow server``. Around that: a model directory is
+validated before anything is stored (config, weights, a tokenizer that fits the embedding, one forward pass
+with finite outputs), a resolved version is fetched into the checked local cache (:mod:`prodai_cli.model_cache`),
+and :meth:`Registry.record_run` is the one MLflow run writer (load tests, ships, rollouts), with the version
+tags that point at those runs.
 """
 
 from __future__ import annotations

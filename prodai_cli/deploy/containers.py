@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from prodai_cli.deploy import readiness
-from prodai_cli.errors import DeployError
-from prodai_cli.errors import first_line as _first_line
+from prodai_cli.errors import DeployError, first_line
 
 MANAGED_LABEL = "prodai.managed"
 DEPLOYMENT_LABEL = "prodai.deployment"
@@ -44,7 +43,7 @@ def docker_client() -> Any:
         client.ping()
     except DockerException as exc:
         raise DeployError(
-            f"Cannot reach the Docker engine: {_first_line(exc)}",
+            f"Cannot reach the Docker engine: {first_line(exc)}",
             hint="Start dockerd (scripts/setup-system does) or point DOCKER_HOST at an engine",
         ) from None
     return client
@@ -123,7 +122,7 @@ def build_image(
                 if progress is not None and line.strip():
                     progress(line)
     except APIError as exc:
-        raise DeployError(f"Building {tag} failed: {_first_line(exc)}") from None
+        raise DeployError(f"Building {tag} failed: {first_line(exc)}") from None
     finally:
         context_tar.close()
     image = client.images.get(image_id or tag)
@@ -254,7 +253,7 @@ def run_container(client: Any, spec: RunSpec) -> str:
         hint = "Is another process using the port? Choose one with --port" if "port" in str(exc).lower() else None
         with contextlib.suppress(APIError):  # a container created but not started must not linger
             client.api.remove_container(spec.name, force=True, v=True)
-        raise DeployError(f"Starting {spec.name} failed: {exc.explanation or _first_line(exc)}", hint=hint) from None
+        raise DeployError(f"Starting {spec.name} failed: {exc.explanation or first_line(exc)}", hint=hint) from None
     return str(container.id)
 
 
@@ -315,7 +314,7 @@ def ensure_network(client: Any, name: str, deployment: str) -> Network:
                 name, driver="bridge", labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: deployment}
             )
         except APIError as exc:
-            raise DeployError(f"Creating the network {name} failed: {exc.explanation or _first_line(exc)}") from None
+            raise DeployError(f"Creating the network {name} failed: {exc.explanation or first_line(exc)}") from None
     network.reload()
     for entry in network.attrs.get("IPAM", {}).get("Config") or []:
         subnet = str(entry.get("Subnet") or "")
@@ -336,7 +335,7 @@ def join_network(client: Any, ref: str, network: str, *, aliases: list[str]) -> 
     try:
         client.networks.get(network).connect(ref, aliases=aliases)
     except APIError as exc:
-        raise DeployError(f"Attaching {ref[:12]} to {network} failed: {exc.explanation or _first_line(exc)}") from None
+        raise DeployError(f"Attaching {ref[:12]} to {network} failed: {exc.explanation or first_line(exc)}") from None
 
 
 def remove_network(client: Any, name: str) -> bool:
@@ -356,7 +355,7 @@ def remove_network(client: Any, name: str) -> bool:
     except NotFound:
         return False
     except APIError as exc:
-        raise DeployError(f"Removing the network {name} failed: {exc.explanation or _first_line(exc)}") from None
+        raise DeployError(f"Removing the network {name} failed: {exc.explanation or first_line(exc)}") from None
     return True
 
 
@@ -453,5 +452,5 @@ def remove_container(client: Any, ref: str, *, timeout_s: int = 15) -> bool:
         found.remove(v=True, force=True)
     except APIError as exc:
         if getattr(exc, "status_code", None) != 404:
-            raise DeployError(f"Removing container {ref} failed: {exc.explanation or _first_line(exc)}") from None
+            raise DeployError(f"Removing container {ref} failed: {exc.explanation or first_line(exc)}") from None
     return True

@@ -312,21 +312,21 @@ def test_deploy_stop_leaves_nothing_of_the_stack(stack: Stack) -> None:
     assert stopped.exit_code == 0, stopped.stderr
     assert _leftovers(stack.name) == []
     # Two builds (v1, then v2 over it) left no dangling image of the deployment behind.
-    dangling = subprocess.run(
-        [
-            "docker",
-            "images",
-            "--filter",
-            "dangling=true",
-            "--filter",
-            f"label=org.opencontainers.image.title={stack.tags[0].split(':')[0]}",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert dangling == []
+    assert _dangling(stack.tags[0]) == []
+
+
+def _dangling(tag: str) -> list[str]:
+    """Dangling images labelled with the repository of ``tag`` (the deployment's images)."""
+    title = tag.split(":")[0]
+    command = [
+        "docker",
+        "images",
+        "--filter",
+        "dangling=true",
+        "--filter",
+        f"label=org.opencontainers.image.title={title}",
+    ]
+    return subprocess.run([*command, "-q"], capture_output=True, text=True, check=True).stdout.split()
 
 
 def test_a_failed_compose_start_leaves_nothing_and_can_still_be_stopped(stack: Stack, docker_client: Any) -> None:
@@ -347,6 +347,7 @@ def test_a_failed_compose_start_leaves_nothing_and_can_still_be_stopped(stack: S
             stopped = run_cli("deploy", "stop", name, cwd=stack.project, env=stack.env, timeout=300)
             assert stopped.exit_code == 0, stopped.stderr
             assert _leftovers(name) == []
+            assert _dangling(stack.tags[1]) == []
         finally:
             _cleanup(docker_client, name, stack.project)
 
