@@ -581,6 +581,8 @@ class ABShadowResult:
     sample: float | None
     written: bool
     diff: str
+    # The comparison that ended, recorded as an MLflow run on the shadow version (given a server URL).
+    recorded: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document."""
@@ -592,6 +594,7 @@ class ABShadowResult:
             "sample": self.sample,
             "written": self.written,
             "diff": self.diff,
+            "recorded": self.recorded,
         }
 
 
@@ -624,6 +627,8 @@ def ab_shadow(
     sample: str = "10%",
     off: bool = False,
     dry_run: bool = False,
+    url: str | None = None,
+    api_key: str | None = None,
 ) -> ABShadowResult:
     """The whole of ``prodai ab-shadow``: copy a share of live traffic to a version, or stop copying.
 
@@ -633,6 +638,9 @@ def ab_shadow(
         sample: Share of answered requests copied (``10%``, ``0.1``).
         off: Stop shadowing.
         dry_run: Print the diff; write nothing.
+        url: The server running the shadow now: its comparison so far is recorded as an MLflow run on the
+            shadow version before the shadow is turned off or moved (``recorded``).
+        api_key: Key sent to that server.
 
     Raises:
         UsageError: Bad arguments, or A/B is off (the server copies requests of its A/B router).
@@ -663,6 +671,10 @@ def ab_shadow(
 
         registry = Registry(settings)
         version = registry.get_version(f"{model}/{ref}" if isinstance(ref, int) else f"{model}@{ref}").version
+    recorded = None
+    if url and not dry_run and config.ab.shadow.enabled and config.ab.shadow.version is not None:
+        headers = {config.auth.header: api_key} if api_key else {}
+        recorded = record_shadow(settings, model, config.ab.shadow.version, url, headers)
     edit = edit_config(path, shadow_mutation(version, share), dry_run=dry_run)
     return ABShadowResult(
         path=path,
@@ -672,7 +684,58 @@ def ab_shadow(
         sample=share,
         written=edit.written,
         diff=unified_diff(edit.before, edit.after, path.name),
+        recorded=recorded,
     )
+
+
+def record_shadow(
+    settings: Settings, model: str, version: int | str, url: str, headers: dict[str, str]
+) -> dict[str, Any] | None:
+    """Record the server's shadow comparison so far as an MLflow run on the shadow version, and tag it.
+
+    Returns:
+        ``{run_id, version, compared, agreement}``, or None when the server has compared nothing yet.
+
+    Raises:
+        ProdaiError: The server or the registry cannot be reached.
+
+    """
+    from datetime import UTC, datetime
+
+    from prodai_cli.registry import Registry
+
+    registry = Registry(settings)
+    number = registry.get_version(f"{model}/{version}" if isinstance(version, int) else f"{model}@{version}").version
+    live = shadow_figures(fetch_metrics(url, headers=headers)).get(f"v{number}")
+    if not live or not live["compared"]:
+        return None
+    metrics = {
+        "compared": float(live["compared"]),
+        "agreement": float(live["agreement"]),
+        "errors": float(live["errors"]),
+        "dropped": float(sum(live["dropped"].values())),
+    }
+    for key in ("primary_avg_ms", "shadow_avg_ms"):
+        if live[key] is not None:
+            metrics[key] = float(live[key])
+    run_id = registry.record_run(
+        f"shadow-{model}-v{number}",
+        tags={"prodai.action": "shadow", "prodai.model": model, "prodai.version": str(number)},
+        metrics=metrics,
+        params={"url": url, "by_variant": str(live["by_variant"]), "dropped": str(live["dropped"])},
+        what="Recording the shadow comparison",
+    )
+    registry.set_version_tags(
+        model,
+        number,
+        {
+            "prodai.shadow.run_id": run_id,
+            "prodai.shadow.at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "prodai.shadow.agreement": f"{live['agreement']:.4f}",
+            "prodai.shadow.compared": f"{live['compared']:.0f}",
+        },
+    )
+    return {"run_id": run_id, "version": number, "compared": live["compared"], "agreement": live["agreement"]}
 
 
 def shadow_figures(metrics_text: str) -> dict[str, dict[str, Any]]:

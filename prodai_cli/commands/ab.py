@@ -126,6 +126,13 @@ def shadow_command(
     sample: Annotated[str, typer.Option("--sample", help="Share of answered requests copied: 10% or 0.1.")] = "10%",
     off: Annotated[bool, typer.Option("--off", help="Stop copying requests.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff of prodai.yaml; write nothing.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="The server running the shadow: record its comparison so far (MLflow run) first."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="PRODAI_API_KEY", help="Key sent to that server, if it wants one.")
+    ] = None,
     json_flag: JsonOption = False,
 ) -> None:
     """Copy a share of live requests to another version and compare its answers; clients never see them.
@@ -136,12 +143,15 @@ def shadow_command(
 
     Exit codes: 0 written, 1 unknown version, 2 bad usage or A/B off.
 
-    Example: prodai ab-shadow v3 --sample 10%   (stop: prodai ab-shadow --off)
+    With --url, the comparison the server made so far with the current shadow is recorded first, as an
+    MLflow run on the shadow version (tags prodai.shadow.agreement, .compared, .run_id, .at).
+
+    Example: prodai ab-shadow v3 --sample 10%   (stop and record: prodai ab-shadow --off --url URL)
     """
     from prodai_cli.abconfig import ab_shadow
 
     out = console(ctx, json_flag)
-    result = ab_shadow(settings(ctx), version, sample=sample, off=off, dry_run=dry_run)
+    result = ab_shadow(settings(ctx), version, sample=sample, off=off, dry_run=dry_run, url=url, api_key=api_key)
     if out.json_mode:
         out.result(result.to_dict())
         return
@@ -150,6 +160,14 @@ def shadow_command(
         out.info(f"Dry run: {result.path} not written")
         return
     verb = "Wrote" if result.written else "Unchanged"
+    if result.recorded:
+        recorded = result.recorded
+        out.info(
+            f"Recorded the comparison with version {recorded['version']}: agreement {recorded['agreement']:.1%} "
+            f"over {recorded['compared']:.0f} texts (run {recorded['run_id'][:8]})"
+        )
+    elif url:
+        out.info("Nothing to record: the server compared no text with the current shadow")
     if result.enabled:
         out.success(
             f"{verb} {result.path.name}: {result.sample:.0%} of {result.model}'s answered requests "

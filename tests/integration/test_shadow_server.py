@@ -111,9 +111,21 @@ def test_shadow_at_100_percent_is_invisible_to_clients_and_measures_agreement_th
 
     # Off by a config reload (ab-shadow --off edits prodai.yaml; the server follows without a restart).
     loaded = server.metric("prodai_config_reload_timestamp_seconds")
-    off = run_cli("--json", "ab-shadow", "--off", cwd=project)
+    compared_now, agreed_now = shadow_counts(server)
+    off = run_cli("--json", "ab-shadow", "--off", "--url", server.url, cwd=project)
     assert off.exit_code == 0, off.stderr
-    assert json.loads(off.stdout)["enabled"] is False
+    done = json.loads(off.stdout)
+    assert done["enabled"] is False
+    # The comparison that ended is recorded as an MLflow run on the shadow version, and tagged there.
+    recorded = done["recorded"]
+    assert (recorded["version"], recorded["compared"]) == (2, compared_now)
+    assert recorded["agreement"] == pytest.approx(agreed_now / compared_now)
+    from prodai_cli.registry import Registry
+
+    registry = Registry(load_settings(str(project / "prodai.yaml")))
+    run = registry.client.get_run(recorded["run_id"])
+    assert run.data.tags["prodai.action"] == "shadow" and run.data.metrics["compared"] == compared_now
+    assert registry.get_version("spread/2").tags["prodai.shadow.run_id"] == recorded["run_id"]
     kit.wait_until(lambda: server.metric("prodai_config_reload_timestamp_seconds") > loaded, 60, what="reload")
     assert server.health()["ab"]["shadow"] is None
     before = shadow_counts(server)[0]
