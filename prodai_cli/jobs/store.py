@@ -254,7 +254,7 @@ class JobStore:
         matching = [
             r for r in self.records() if (owner is None or r.owner == owner) and (status is None or r.status == status)
         ]
-        matching.sort(key=lambda r: r.created, reverse=True)
+        matching.sort(key=lambda r: (r.created, r.id), reverse=True)
         return matching[offset : offset + limit], len(matching)
 
     def counts(self) -> dict[str, int]:

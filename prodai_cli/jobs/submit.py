@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prodai_cli.errors import InputError, UsageError
-from prodai_cli.jobs.store import JobRecord, JobStore
+from prodai_cli.errors import InputError, JobError, UsageError
+from prodai_cli.jobs.store import JobRecord, JobStore, now_iso
 
 if TYPE_CHECKING:
     from prodai_cli.config import BatchConfig, JobsConfig, Settings
@@ -129,6 +129,7 @@ def submit(
 
     Raises:
         QuotaExceeded: The owner already has ``max_active`` queued or running jobs.
+        JobError: The queue refused it (Redis down); the job is recorded as failed.
 
     """
     if store.active_for(record.owner) >= max_active:
@@ -143,5 +144,15 @@ def submit(
         record.lines_total = count_lines(path if write_input is not None else store.input_path(record))
 
     store.create(record, write_and_count)
-    queue.enqueue(record.id)
+    try:
+        queue.enqueue(record.id)
+    except JobError as exc:
+        reason = exc.message
+
+        # Never leave a queued job that no queue holds: it would count against the quota forever.
+        def fail(current: JobRecord) -> None:
+            current.status, current.error, current.finished = "failed", reason, now_iso()
+
+        store.update(record.id, fail)
+        raise
     return record

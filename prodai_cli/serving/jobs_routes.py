@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from prodai_cli.errors import InputError, JobError, JobNotFoundError, ModelNotFoundError, UsageError
+from prodai_cli.errors import ConfigError, InputError, JobError, JobNotFoundError, ModelNotFoundError, UsageError
 from prodai_cli.jobs.store import JobRecord, JobStore
 from prodai_cli.jobs.submit import (
     JobQueue,
@@ -72,6 +72,17 @@ class JobsApi:
         self.state = state
         self.store = JobStore(jobs_dir(settings))
         self.queue: JobQueue | None = None
+        if self.config.backend == "celery":
+            # Refuse at start-up, not at the first submit: no Redis configured, or Celery not installed.
+            import importlib.util
+
+            from prodai_cli.jobs.celery_app import redis_url
+
+            redis_url(settings)
+            if importlib.util.find_spec("celery") is None:
+                raise ConfigError(
+                    "jobs.backend is celery but Celery is not installed", hint="pip install 'prodai[jobs]'"
+                )
         from prometheus_client import Gauge
 
         registry = state.metrics.registry
