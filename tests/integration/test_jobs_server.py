@@ -239,3 +239,25 @@ def test_hostile_job_submissions_get_a_4xx_with_a_reason(jobs_server: Any) -> No
         assert call(jobs_server, "GET", f"/v1/jobs/{bad}", "jobs").status_code == 404
     paged = call(jobs_server, "GET", "/v1/jobs?limit=1000", "jobs")
     assert paged.status_code == 422
+
+
+def test_the_jobs_cli_submits_waits_and_writes_results_and_explains_refusals(jobs_server: Any, tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": f"cli text {i}"}) + "\n" for i in range(50)) + "oops\n")
+    env = {"PRODAI_SERVER_URL": jobs_server.url, "PRODAI_API_KEY": jobs_server.keys["jobs"]}
+    out = tmp_path / "out.jsonl"
+    done = run_cli("--json", "jobs", "submit", str(source), "--wait", "-o", str(out), cwd=tmp_path, env=env)
+    assert done.exit_code == 0, done.stderr
+    record = done.json()
+    assert record["status"] == "succeeded" and record["errors"] == 1 and record["output"] == str(out)  # type: ignore[index]
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == list(range(50))
+    no_key = run_cli("jobs", "status", record["id"], cwd=tmp_path, env={"PRODAI_SERVER_URL": jobs_server.url})  # type: ignore[index]
+    assert no_key.exit_code == 1 and "401" in no_key.stderr and "prodai keys create" in no_key.stderr
+    unknown = run_cli("jobs", "submit", str(source), "--model", "clf/99", cwd=tmp_path, env=env)
+    assert unknown.exit_code == 1 and "422" in unknown.stderr and "99" in unknown.stderr, unknown.stderr
+    missing = run_cli("--json", "jobs", "status", "f" * 32, cwd=tmp_path, env=env)
+    assert missing.exit_code == 1 and "404" in missing.stderr
+    usage = run_cli("jobs", "submit", str(source), "-o", str(out), cwd=tmp_path, env=env)
+    assert usage.exit_code == 2 and "--wait" in usage.stderr
