@@ -19,13 +19,14 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from fastapi import Query
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from prodai_cli.errors import ConfigError, InputError, JobError, JobNotFoundError, ModelNotFoundError, UsageError
-from prodai_cli.jobs.store import JobRecord, JobStore
+from prodai_cli.jobs.store import JobRecord, JobStatus, JobStore
 from prodai_cli.jobs.submit import (
     JobQueue,
     QuotaExceeded,
@@ -171,7 +172,10 @@ class JobsApi:
             raise ServiceUnavailable("The jobs backend is not running (the server is starting or stopping)")
         ref = model_ref or self.default_model()
         try:
-            pinned, version = await asyncio.to_thread(pin_model, self.settings, ref)
+            if model_ref is None and Path(ref).is_dir():
+                pinned, version = ref, "local"  # the server's own model directory (a client may name only refs)
+            else:
+                pinned, version = await asyncio.to_thread(pin_model, self.settings, ref)
         except ModelNotFoundError as exc:
             raise InvalidRequest(exc.message, code="unknown_model") from None
         except UsageError as exc:  # a malformed reference
@@ -269,13 +273,57 @@ class JobsApi:
 
 def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsApi:
     """Add the jobs routes to the server app; the lifespan calls ``start()`` and ``close()`` on the result."""
-    from prodai_cli.serving.schemas import ERROR_RESPONSES
+    from prodai_cli.serving.schemas import ERROR_RESPONSES, ErrorResponse
 
     api = JobsApi(settings, state)
     config = api.config
     max_text_chars = settings.config.serving.max_text_chars
+    model_field = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512}, {"type": "null"}]}
+    name_field = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": _FIELD_CHARS}, {"type": "null"}]}
+    seed_body = {
+        "type": "object",
+        "properties": {
+            "texts": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": max_text_chars},
+                "minItems": 1,
+                "maxItems": config.max_texts,
+            },
+            "model": model_field,
+        },
+        "required": ["texts"],
+        "additionalProperties": False,
+    }
+    path_body = {
+        "type": "object",
+        "properties": {
+            "input_path": {"type": "string", "minLength": 1, "maxLength": 512},
+            "model": model_field,
+            "text_field": name_field,
+            "id_field": name_field,
+        },
+        "required": ["input_path"],
+        "additionalProperties": False,
+    }
+    jsonl_body = {"type": "string", "format": "binary"}
+    refusals = {
+        **ERROR_RESPONSES,
+        401: {"model": ErrorResponse, "description": "Missing or bad API key"},
+        403: {"model": ErrorResponse, "description": "The key lacks the jobs scope; input_path not allowed"},
+        404: {"model": ErrorResponse, "description": "No such job, or another key's"},
+        429: {"model": ErrorResponse, "description": "Rate limited, or jobs.max_queued_per_key reached"},
+    }
+    accepted: dict[int | str, dict[str, Any]] = {202: {"description": "Queued"}, **refusals}
 
-    @app.post("/batch_predict", tags=["jobs"], summary="Queue texts for prediction", responses=ERROR_RESPONSES)
+    @app.post(
+        "/batch_predict",
+        tags=["jobs"],
+        summary="Queue texts for prediction",
+        status_code=202,
+        response_model=None,
+        responses=accepted,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": seed_body}}}},
+    )
     async def batch_predict(request: Request) -> JSONResponse:
         """``{"texts": [...], "model"?: REF}`` -> 202 ``{"task_id"}``; poll ``GET /batch_result/{task_id}``."""
         ctx = await api.authorize(request)
@@ -297,7 +345,13 @@ def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsA
         record = await api.new_job(ctx, kind="texts", model_ref=model, write_input=texts_writer(texts))
         return JSONResponse({"task_id": record.id, "status": "pending"}, status_code=202)
 
-    @app.get("/batch_result/{task_id}", tags=["jobs"], summary="A /batch_predict task's status and results")
+    @app.get(
+        "/batch_result/{task_id}",
+        tags=["jobs"],
+        summary="A /batch_predict task's status and results",
+        response_model=None,
+        responses=refusals,
+    )
     async def batch_result(task_id: str, request: Request) -> JSONResponse:
         """``{"status": "pending"|"completed"|"failed"|"cancelled", "results": [...]}`` (results once completed)."""
         ctx = await api.authorize(request)
@@ -314,7 +368,23 @@ def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsA
             body["results"] = await asyncio.to_thread(api.seed_results, record, record.lines_total)
         return JSONResponse(body)
 
-    @app.post("/v1/jobs", tags=["jobs"], summary="Submit a JSONL file as a job", responses=ERROR_RESPONSES)
+    @app.post(
+        "/v1/jobs",
+        tags=["jobs"],
+        summary="Submit a JSONL file as a job",
+        status_code=202,
+        response_model=None,
+        responses=accepted,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": path_body},
+                    "application/x-ndjson": {"schema": jsonl_body},
+                },
+            }
+        },
+    )
     async def create_job(request: Request) -> JSONResponse:
         """A JSONL body (``?model=REF&text_field=&id_field=``), or JSON ``{"model", "input_path", ...}``."""
         ctx = await api.authorize(request)
@@ -365,18 +435,29 @@ def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsA
             )
         return JSONResponse(record.public(), status_code=202)
 
-    @app.get("/v1/jobs", tags=["jobs"], summary="This key's jobs, newest first")
-    async def list_jobs(request: Request, offset: int = 0, limit: int = 50, status: str | None = None) -> JSONResponse:
+    @app.get(
+        "/v1/jobs", tags=["jobs"], summary="This key's jobs, newest first", response_model=None, responses=refusals
+    )
+    async def list_jobs(
+        request: Request,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        status: Annotated[JobStatus | None, Query()] = None,
+    ) -> JSONResponse:
         """``{"jobs": [...], "total", "offset", "limit"}``; ``limit`` at most 100."""
         ctx = await api.authorize(request)
-        if offset < 0 or not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"offset must be >= 0 and limit 1-{MAX_PAGE}")
         records, total = await asyncio.to_thread(
             api.store.page, owner=ctx.principal, status=status, offset=offset, limit=limit
         )
         return JSONResponse({"jobs": [r.public() for r in records], "total": total, "offset": offset, "limit": limit})
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="A job's status and progress")
+    @app.get(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        summary="A job's status and progress",
+        response_model=None,
+        responses=refusals,
+    )
     async def get_job(job_id: str, request: Request) -> JSONResponse:
         """Status ``queued|running|succeeded|failed|cancelled``, progress, items/s, errors, times."""
         ctx = await api.authorize(request)
@@ -389,17 +470,36 @@ def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsA
         size = api.committed_bytes(record, which)
         return StreamingResponse(_read_prefix(path, size), media_type="application/x-ndjson")
 
-    @app.get("/v1/jobs/{job_id}/results", tags=["jobs"], summary="A job's predictions (JSONL, streamed)")
+    @app.get(
+        "/v1/jobs/{job_id}/results",
+        tags=["jobs"],
+        summary="A job's predictions (JSONL, streamed)",
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "JSONL"}, **refusals},
+        response_class=StreamingResponse,
+    )
     async def job_results(job_id: str, request: Request) -> Response:
         """Every committed prediction line so far (all of them once the job succeeded)."""
         return await stream_file(job_id, request, "results")
 
-    @app.get("/v1/jobs/{job_id}/errors", tags=["jobs"], summary="A job's bad input lines (JSONL, streamed)")
+    @app.get(
+        "/v1/jobs/{job_id}/errors",
+        tags=["jobs"],
+        summary="A job's bad input lines (JSONL, streamed)",
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "JSONL"}, **refusals},
+        response_class=StreamingResponse,
+    )
     async def job_errors(job_id: str, request: Request) -> Response:
         """One line per bad input line: its line number, the reason and the start of the line."""
         return await stream_file(job_id, request, "errors")
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], summary="Cancel a job")
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        summary="Cancel a job",
+        status_code=202,
+        response_model=None,
+        responses=accepted,
+    )
     async def cancel_job(job_id: str, request: Request) -> JSONResponse:
         """A queued job ends at once; a running one stops within seconds (its committed results stay)."""
         ctx = await api.authorize(request)
