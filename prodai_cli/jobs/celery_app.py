@@ -115,6 +115,9 @@ class CeleryQueue:
         except Exception:
             return None
 
+    def cancelled(self, job_id: str) -> None:
+        """Nothing to send: the worker running the job reads the cancel from the job's record."""
+
     def close(self) -> None:
         """Nothing to stop: workers are separate processes."""
 

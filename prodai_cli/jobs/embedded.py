@@ -56,7 +56,11 @@ class EmbeddedQueue:
         self._thread.start()
 
     def enqueue(self, job_id: str) -> None:
-        """Wake the watcher: a job was queued (or cancelled)."""
+        """Wake the watcher: a job was queued."""
+        self._wake.set()
+
+    def cancelled(self, job_id: str) -> None:
+        """Wake the watcher so a cancelled running job's child is stopped now."""
         self._wake.set()
 
     def close(self) -> None:

@@ -25,6 +25,10 @@ class JobQueue(Protocol):
         """Schedule ``job_id`` to run."""
         ...
 
+    def cancelled(self, job_id: str) -> None:
+        """A cancel was recorded for ``job_id`` (embedded: enforce it now; Celery: the runner sees the record)."""
+        ...
+
     def close(self) -> None:
         """Stop (embedded: end the worker thread and its child process)."""
         ...

@@ -506,7 +506,7 @@ def register_jobs(app: FastAPI, settings: Settings, state: ServerState) -> JobsA
         api.owned(ctx, job_id)
         record = await asyncio.to_thread(api.store.request_cancel, job_id)
         if api.queue is not None:
-            api.queue.enqueue(job_id)  # embedded: wake the watcher so it enforces the cancel
+            api.queue.cancelled(job_id)
         return JSONResponse(record.public(), status_code=202)
 
     return api

@@ -27,6 +27,9 @@ class ListQueue:
             raise JobError("Cannot queue the job: Redis is unreachable (OperationalError)")
         self.ids.append(job_id)
 
+    def cancelled(self, job_id: str) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
