@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from prodai_cli import __version__
-from prodai_cli.commands import ab, init, keys, models, register, serve
+from prodai_cli.commands import ab, init, jobs, keys, models, register, serve, worker
 from prodai_cli.commands import batch as batch_cmd
 from prodai_cli.commands import check as check_cmd
 from prodai_cli.commands import config as config_cmd
@@ -75,6 +75,8 @@ app.command("check")(check_cmd.command)
 app.command("ship")(ship_cmd.command)
 app.command("rollout")(rollout_cmd.command)
 app.add_typer(deploy_cmd.app, name="deploy")
+app.add_typer(jobs.app, name="jobs")
+app.command("worker")(worker.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,9 @@ Tree::
     ├── DeployError            exit 1  an image build, a container or the Docker engine failed
     ├── ServeError             exit 1  the server could not start, or stopped because its model did not load
     ├── ReloadRejected         exit 1  a new config is valid but cannot be served (a version does not load)
+    ├── JobError               exit 1  a batch job over HTTP was refused, failed or cannot be reached
+    │   ├── JobNotFoundError   exit 1  no job with that id
+    │   └── JobCancelledError  exit 1  the job was cancelled (raised inside the runner to stop it)
     └── ShipFailed             exit 1  a step of ship's gate failed (ship records it in its report)
 """
 
@@ -128,3 +131,15 @@ class ReloadRejected(ProdaiError):
 
 class ShipFailed(ProdaiError):
     """A step of the gate failed (caught by :func:`~prodai_cli.ship.ship`, which records it in the report)."""
+
+
+class JobError(ProdaiError):
+    """A batch job over HTTP was refused, failed, or its server or queue cannot be reached."""
+
+
+class JobNotFoundError(JobError):
+    """No job with that id exists (or it was removed after ``jobs.keep_days``)."""
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled; raised from the runner's progress callback to stop between commits."""

@@ -21,6 +21,7 @@ class ScopeChoice(StrEnum):
 
     predict = "predict"
     admin = "admin"
+    jobs = "jobs"
 
 
 @app.command("create")
@@ -28,7 +29,7 @@ def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="Unique name (letters, digits, . _ -).")],
     scope: Annotated[
-        list[ScopeChoice] | None, typer.Option("--scope", "-s", help="predict (default) or admin; repeatable.")
+        list[ScopeChoice] | None, typer.Option("--scope", "-s", help="predict (default), jobs or admin; repeatable.")
     ] = None,
     expires: Annotated[
         float | None, typer.Option("--expires", help="Lifetime in days (default: never expires).", min=0)

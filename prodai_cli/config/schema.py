@@ -29,7 +29,7 @@ ENV_RESERVED = {"PRODAI_CONFIG", "PRODAI_DEBUG"}
 
 Device = str  # auto | cpu | cuda | cuda:N | mps; validated by the runtime where the hardware is known
 Precision = Literal["fp32", "bf16", "fp16"]
-Scope = Literal["predict", "admin"]
+Scope = Literal["predict", "admin", "jobs"]
 
 
 class Section(BaseModel):
@@ -402,7 +402,7 @@ class ApiKeyRecord(Section):
     @classmethod
     def _some_scope(cls, value: list[Scope]) -> list[Scope]:
         if not value:
-            raise ValueError("a key needs at least one scope (predict or admin)")
+            raise ValueError("a key needs at least one scope (predict, jobs or admin)")
         return list(dict.fromkeys(value))
 
     @field_validator("created", "expires")
@@ -558,6 +558,56 @@ class BatchConfig(Section):
         return value
 
 
+class JobsConfig(Section):
+    """Batch jobs over HTTP (POST /v1/jobs, /batch_predict) and the workers that run them."""
+
+    backend: Literal["embedded", "celery"] = Field(
+        "embedded",
+        description="embedded: the server runs jobs itself in a low-priority child process; celery: "
+        "`prodai worker` processes take them from Redis",
+    )
+    redis_url: str | None = Field(
+        None, description="Celery broker and result backend (redis://host:6379/1). Empty: the top-level redis_url"
+    )
+    dir: str | None = Field(
+        None,
+        description="Where job inputs, results and records live (shared by server and workers). Empty: .prodai/jobs",
+    )
+    input_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories a POST /v1/jobs may name an input path in. Empty: only uploaded inputs",
+    )
+    max_queued_per_key: int = Field(10, ge=1, description="Queued or running jobs one API key may have at once")
+    max_upload_bytes: int = Field(
+        104_857_600, ge=1024, description="Largest JSONL body POST /v1/jobs accepts (413 above)"
+    )
+    max_texts: int = Field(10_000, ge=1, description="Most texts in one POST /batch_predict")
+    max_body_bytes: int = Field(
+        10_485_760, ge=1024, description="Largest JSON body POST /batch_predict and POST /v1/jobs accept"
+    )
+    chunk_size: int = Field(
+        256, ge=1, le=1_000_000, description="Input lines per commit; a cancel takes effect at the next one"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads of a job. Empty: half the cores beside a server, all in a worker"
+    )
+    nice: int = Field(10, ge=0, le=19, description="CPU niceness of embedded job processes (0-19): /predict first")
+    visibility_timeout_s: int = Field(
+        3600, ge=1, description="Redis redelivers a job whose worker died after this long (Celery visibility timeout)"
+    )
+    keep_days: float = Field(7.0, gt=0, description="Finished jobs older than this are removed")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from prodai_cli.redis_url import RedisAddress
+
+        RedisAddress.parse(value)
+        return value
+
+
 class LoadtestConfig(Section):
     """prodai loadtest defaults."""
 
@@ -683,6 +733,7 @@ class ProdaiConfig(Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Metrics and logs")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Images and deployments")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch inference")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="Batch jobs over HTTP and their workers")
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig, description="Load tests")
     check: CheckConfig = Field(default_factory=CheckConfig, description="Production checklist and gated promotion")
     redis_url: str | None = Field(

@@ -212,10 +212,12 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
             logger.warning("FAULT INJECTION IS ON: versions in the faults file fail", extra={"path": str(faults.path)})
         loader = asyncio.create_task(state.load_models(), name="prodai-load-models")
         watcher = asyncio.create_task(reloader.run(), name="prodai-config-watcher")
+        jobs_api.start()
         try:
             yield
         finally:
             state.begin_drain()
+            jobs_api.close()
             for task in (loader, watcher):
                 if not task.done():
                     task.cancel()
@@ -268,6 +270,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     from prodai_cli.serving.protocols import register_protocols  # OIP v2, OpenAI: adapters onto the pipeline
 
     register_protocols(app, state)
+    from prodai_cli.serving.jobs_routes import JOBS_ROUTES, register_jobs  # /batch_predict, /v1/jobs
+
+    jobs_api = register_jobs(app, settings, state)
 
     @app.post(
         ADMIN_RELOAD_ROUTE,
@@ -292,7 +297,11 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         return JSONResponse(body, status_code=200 if outcome.ok else 409)
 
     known = frozenset(
-        routes.PREDICT_ROUTES + routes.HEALTH_ROUTES + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE) + routes.DOC_ROUTES
+        routes.PREDICT_ROUTES
+        + routes.HEALTH_ROUTES
+        + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE)
+        + routes.DOC_ROUTES
+        + JOBS_ROUTES
     )
     access_log = config.monitoring.access_log
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)

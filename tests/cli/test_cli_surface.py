@@ -59,7 +59,7 @@ def test_every_command_has_help_with_an_example(path: list[str]) -> None:
     assert result.exit_code == 0, result.stderr
     assert "Example:" in result.stdout, f"prodai {' '.join(path)} --help lacks an Example: line"
     if path not in (["init"],):
-        assert "--json" in result.stdout or path[0] in {"serve"}, f"prodai {' '.join(path)} has no --json"
+        assert "--json" in result.stdout or path[0] in {"serve", "worker"}, f"prodai {' '.join(path)} has no --json"
 
 
 def test_root_help_lists_the_commands_and_exit_codes() -> None:
