@@ -199,6 +199,11 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
+        grpc_server = None
+        if serving.grpc_port is not None:  # OIP v2 over gRPC: this loop, this pool, this pipeline
+            from prodai_cli.serving.protocols.oip_grpc import start_grpc_server
+
+            grpc_server = await start_grpc_server(state, access_log=config.monitoring.access_log)
         restore = _install_drain_handlers(state)
         restore_hup = install_sighup(reloader)
         protection.log_startup(*state.bind)
@@ -210,6 +215,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
             yield
         finally:
             state.begin_drain()
+            if grpc_server is not None:  # after HTTP's drain: in-flight calls get the grace period too
+                await grpc_server.stop(grace=serving.grace_period_s)
             for task in (loader, watcher):
                 if not task.done():
                     task.cancel()
