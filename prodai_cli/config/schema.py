@@ -446,6 +446,15 @@ class MonitoringConfig(Section):
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     access_log: bool = Field(True, description="One log line per request (id, route, status, duration; no body)")
+    otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="OpenTelemetry collector (OTLP over HTTP) the server exports spans to, e.g. "
+        "http://otel-collector:4318 (needs the otel extra). Empty: no spans, nothing of OpenTelemetry imported",
+    )
+    otel_service_name: str = Field(
+        "prodai", min_length=1, max_length=128, description="service.name of the exported spans"
+    )
 
 
 class DeployConfig(Section):

@@ -178,6 +178,11 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         # Another worker may answer the scrape: keep this worker's files current after every request.
         pipeline.after.append(protection.sync_metrics)
     metrics.before_render.append(protection.sync_metrics)
+    from prodai_cli.serving.otel import Spans  # imports no OpenTelemetry unless monitoring.otlp_endpoint is set
+
+    spans = Spans.from_config(config.monitoring)
+    if spans is not None:
+        spans.instrument(pipeline)
     state = ServerState(serving, config.monitoring, metrics, pool, pipeline, model_keys)
     state.protection, state.routing, state.resilience = protection, routing, resilience
     if bind is not None:
@@ -203,7 +208,7 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         if serving.grpc_port is not None:  # OIP v2 over gRPC: this loop, this pool, this pipeline
             from prodai_cli.serving.protocols.oip_grpc import start_grpc_server
 
-            grpc_server = await start_grpc_server(state, access_log=config.monitoring.access_log)
+            grpc_server = await start_grpc_server(state, access_log=config.monitoring.access_log, spans=spans)
         restore = _install_drain_handlers(state)
         restore_hup = install_sighup(reloader)
         protection.log_startup(*state.bind)
@@ -224,6 +229,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
                 ab_reload.cancel()
             await pool.close(timeout=max(1.0, serving.grace_period_s))
             await protection.aclose()
+            if spans is not None:
+                await asyncio.to_thread(spans.shutdown)  # export what is queued
             restore_hup()
             restore()
 
@@ -294,9 +301,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         routes.PREDICT_ROUTES + routes.HEALTH_ROUTES + (routes.METRICS_ROUTE, ADMIN_RELOAD_ROUTE) + routes.DOC_ROUTES
     )
     access_log = config.monitoring.access_log
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log, spans=spans)
     app.fast_lane = ObservabilityMiddleware(  # type: ignore[attr-defined]  # ServerApp's
-        routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log
+        routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log, spans=spans
     )
     return app
 

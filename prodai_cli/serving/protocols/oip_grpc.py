@@ -52,6 +52,7 @@ from prodai_cli.serving.tracing import TraceContext, trace_from, trace_id_var
 if TYPE_CHECKING:
     import grpc
 
+    from prodai_cli.serving.otel import Spans
     from prodai_cli.serving.state import ServerState
 
 logger = logging.getLogger("prodai.serving")
@@ -201,13 +202,15 @@ class GrpcInferenceService:
     Args:
         state: The server's state (pool, pipeline, metrics, readiness).
         access_log: Log one line per call (``monitoring.access_log``).
+        spans: OpenTelemetry spans (None: off).
 
     """
 
-    def __init__(self, state: ServerState, *, access_log: bool = True) -> None:
+    def __init__(self, state: ServerState, *, access_log: bool = True, spans: Spans | None = None) -> None:
         self.state = state
         self.oip = OipV2(state)
         self.access_log = access_log
+        self.spans = spans
 
     # ------------------------------------------------------------------------------------ methods
     async def server_live(self, request: Any, ctx: RequestContext) -> Any:
@@ -276,6 +279,7 @@ class GrpcInferenceService:
             )
             trace = trace_from(headers.get("traceparent"), headers.get("tracestate"))
             token = trace_id_var.set(trace.trace_id)
+            request_span = self.spans.begin(trace, ctx.method, route) if self.spans is not None else None
             metrics.inflight.inc()
             status, code, failure = 200, "OK", None
             try:
@@ -301,6 +305,8 @@ class GrpcInferenceService:
                 duration = time.perf_counter() - started_at
                 metrics.inflight.dec()
                 metrics.observe_request(route, status, ctx.model_version, ctx.variant, duration)
+                if request_span is not None:
+                    request_span.end(status, ctx)
                 if self.access_log:
                     self._log(ctx, status, code, failure, duration, trace)
                 trace_id_var.reset(token)
@@ -361,12 +367,15 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def start_grpc_server(state: ServerState, *, access_log: bool = True) -> grpc.aio.Server:
+async def start_grpc_server(
+    state: ServerState, *, access_log: bool = True, spans: Spans | None = None
+) -> grpc.aio.Server:
     """Start the gRPC service on ``serving.host:serving.grpc_port`` (the caller stops it).
 
     Args:
         state: The server's state.
         access_log: Log one line per call.
+        spans: OpenTelemetry spans (None: off).
 
     Raises:
         ServeError: The grpc extra is missing, or the port is busy.
@@ -387,7 +396,8 @@ async def start_grpc_server(state: ServerState, *, access_log: bool = True) -> g
         ("grpc.so_reuseport", 1 if serving.workers > 1 else 0),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=serving.max_connections)
-    server.add_generic_rpc_handlers((GrpcInferenceService(state, access_log=access_log).generic_handler(),))
+    service = GrpcInferenceService(state, access_log=access_log, spans=spans)
+    server.add_generic_rpc_handlers((service.generic_handler(),))
     address = grpc_address(serving.host, serving.grpc_port)
     try:
         bound = server.add_insecure_port(address)
