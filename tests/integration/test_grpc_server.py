@@ -304,3 +304,30 @@ def test_a_busy_grpc_port_stops_serve_with_a_clear_error(registered_project: Pat
         )
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"Cannot listen for gRPC on 127.0.0.1:{busy}" in done.stderr
+
+
+def test_grpc_drains_with_http_then_stops(registered_project: Path, tmp_path: Path, kit: Any) -> None:
+    """SIGTERM: ServerReady turns false at once while ModelInfer is still served (drain delay); then the port closes."""
+    import signal
+
+    grpc_port = free_port()
+    config = kit.BASE_CONFIG.replace("drain_delay_s: 0", "drain_delay_s: 4") + f"  grpc_port: {grpc_port}\n"
+    root = kit.make_project(registered_project, tmp_path / "proj", config)
+    server = kit.Server(root, "--model", "clf/1", env={"PRODAI_AUTH__ENABLED": "false"})
+    kit.start_all(server)
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+    try:
+        assert client.is_server_ready()
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        kit.wait_until(lambda: not client.is_server_ready(), timeout=3, interval=0.05, what="ServerReady false")
+        result = client.infer("clf", [text_input(["during the drain"])])
+        assert result.get_response().model_version == "1"
+        # uvicorn re-raises the signal it caught once it has shut down gracefully.
+        assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        with pytest.raises(InferenceServerException) as gone:
+            client.is_server_live(client_timeout=5)
+        assert status_of(gone.value) in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+    finally:
+        client.close()
+        server.stop()
