@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from helpers import free_port
 
-from prodai_cli.config import load_settings
+from prodai_cli.config import load_settings, parse_config_text
 from prodai_cli.keys import create_key
+from prodai_cli.serving.ab.router import ABRouter
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra is in the dev extra")
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -35,6 +36,19 @@ pytestmark = pytest.mark.slow
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+AB = """\
+ab:
+  enabled: true
+  model: clf
+  variants:
+    v1: {version: 1, weight: 0.5}
+    v2: {version: 2, weight: 0.5}
+"""
+
+
+def user_for(variant: str) -> str:
+    router = ABRouter.from_config(parse_config_text(AB).ab)
+    return next(f"user-{i}" for i in range(1000) if router.choose(f"user-{i}").name == variant)
 
 
 class Collector:
@@ -61,6 +75,7 @@ class Collector:
                                     "span_id": span.span_id.hex(),
                                     "parent": span.parent_span_id.hex(),
                                     "kind": span.kind,
+                                    "status": span.status.code,
                                     "service": service,
                                     "attributes": {a.key: _value(a.value) for a in span.attributes},
                                 }
@@ -94,7 +109,7 @@ def _value(value: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def traced(registered_project: Path, tmp_path_factory: pytest.TempPathFactory, kit: Any) -> Iterator[Any]:
-    """A guarded server on clf v1 with gRPC on and spans exported to this module's collector."""
+    """A guarded A/B server (clf v1/v2, fault injection ready), gRPC on, exporting to this module's collector."""
     collector = Collector()
     grpc_port = free_port()
     config = (
@@ -102,12 +117,17 @@ def traced(registered_project: Path, tmp_path_factory: pytest.TempPathFactory, k
             "monitoring:\n  log_level: info", f"monitoring:\n  log_level: info\n  otlp_endpoint: {collector.url}"
         )
         + f"  grpc_port: {grpc_port}\nauth: {{enabled: true}}\n"
+        + AB
     )
     root = kit.make_project(registered_project, tmp_path_factory.mktemp("otel") / "proj", config)
     key = create_key(load_settings(root / "prodai.yaml"), "tracer").key
-    server = kit.Server(root, "--model", "clf/1", env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    faults = root / "faults"
+    faults.write_text("", encoding="utf-8")
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50", "PRODAI_FAULTS_FILE": str(faults)}
+    server = kit.Server(root, env=env)
     kit.start_all(server)
     server.key, server.collector, server.grpc_url = key, collector, f"127.0.0.1:{grpc_port}"
+    server.faults = faults
     yield server
     server.stop()
     collector.close()
@@ -137,14 +157,23 @@ def test_a_request_continues_the_callers_trace_in_logs_and_spans(traced: Any, ki
     quiet = httpx.post(
         f"{traced.url}/predict",
         json={"text": "not sampled"},
-        headers={"X-API-Key": traced.key, "traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"},
+        headers={
+            "X-API-Key": traced.key,
+            "X-User-ID": user_for("v1"),
+            "traceparent": f"00-{unsampled}-{CALLER_SPAN}-00",
+        },
         timeout=30,
     )
     assert quiet.status_code == 200 and quiet.headers["traceparent"].startswith(f"00-{unsampled}-")
     answer = httpx.post(
         f"{traced.url}/predict",
         json={"text": "follow me"},
-        headers={"X-API-Key": traced.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01", "tracestate": "gw=1"},
+        headers={
+            "X-API-Key": traced.key,
+            "X-User-ID": user_for("v1"),
+            "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01",
+            "tracestate": "gw=1",
+        },
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
@@ -157,7 +186,7 @@ def test_a_request_continues_the_callers_trace_in_logs_and_spans(traced: Any, ki
         traced.collector,
         TRACE_ID,
         server_span,
-        need={"prodai.guard", "prodai.cache", "prodai.model", "prodai.queue", "prodai.forward"},
+        need={"prodai.guard", "prodai.cache", "prodai.resilience", "prodai.model", "prodai.queue", "prodai.forward"},
     )
     root = tree["root"]
     assert root["parent"] == CALLER_SPAN and root["name"] == "POST /predict" and root["service"] == "prodai"
@@ -169,7 +198,9 @@ def test_a_request_continues_the_callers_trace_in_logs_and_spans(traced: Any, ki
     assert by_name["prodai.guard"]["attributes"]["prodai.principal"] == "tracer"
     assert by_name["prodai.cache"]["parent"] == server_span
     assert by_name["prodai.cache"]["attributes"]["prodai.cache"] == "MISS"
-    assert by_name["prodai.model"]["parent"] == by_name["prodai.cache"]["span_id"]
+    assert by_name["prodai.resilience"]["parent"] == by_name["prodai.cache"]["span_id"]
+    assert by_name["prodai.model"]["parent"] == by_name["prodai.resilience"]["span_id"]
+    assert by_name["prodai.model"]["attributes"]["prodai.model_version"] == "1"
     for step in ("prodai.queue", "prodai.forward"):
         assert by_name[step]["parent"] == by_name["prodai.model"]["span_id"]
     assert by_name["prodai.forward"]["attributes"]["prodai.batch_size"] >= 1
@@ -190,7 +221,11 @@ def test_a_cache_hit_and_a_grpc_call_are_traced_too(traced: Any, kit: Any) -> No
         answer = httpx.post(
             f"{traced.url}/predict",
             json={"text": "cached text"},
-            headers={"X-API-Key": traced.key, "traceparent": f"00-{hit_trace}-{CALLER_SPAN}-01"},
+            headers={
+                "X-API-Key": traced.key,
+                "X-User-ID": user_for("v1"),
+                "traceparent": f"00-{hit_trace}-{CALLER_SPAN}-01",
+            },
             timeout=30,
         )
         assert answer.status_code == 200
@@ -204,7 +239,12 @@ def test_a_cache_hit_and_a_grpc_call_are_traced_too(traced: Any, kit: Any) -> No
     client = grpcclient.InferenceServerClient(url=traced.grpc_url)
     text = grpcclient.InferInput("text", [1], "BYTES")
     text.set_data_from_numpy(np.array(["over grpc"], dtype=object))
-    client.infer("clf", [text], headers={"x-api-key": traced.key, "traceparent": f"00-{grpc_trace}-{CALLER_SPAN}-01"})
+    metadata = {
+        "x-api-key": traced.key,
+        "x-user-id": user_for("v1"),
+        "traceparent": f"00-{grpc_trace}-{CALLER_SPAN}-01",
+    }
+    client.infer("clf", [text], headers=metadata)
 
     def grpc_root() -> dict[str, Any] | None:
         return next((s for s in traced.collector.of_trace(grpc_trace) if s["name"].endswith("/ModelInfer")), None)
@@ -213,6 +253,38 @@ def test_a_cache_hit_and_a_grpc_call_are_traced_too(traced: Any, kit: Any) -> No
     assert root["parent"] == CALLER_SPAN and root["name"] == "GRPC /inference.GRPCInferenceService/ModelInfer"
     tree = tree_of(kit, traced.collector, grpc_trace, root["span_id"], need={"prodai.guard", "prodai.forward"})
     assert {s["name"] for s in tree["spans"]} >= {"prodai.cache", "prodai.model", "prodai.queue"}
+
+
+def test_the_fallback_path_is_traced_fault_injection(traced: Any, kit: Any) -> None:
+    """Version 2 fails its forward pass (injected): its request is answered by v1 under one resilience span."""
+    import time
+
+    fallback_trace = "7bf92f3577b34da6a3ce929d0e0e4736"
+    traced.faults.write_text("2\n", encoding="utf-8")
+    time.sleep(1.0)  # the server re-reads the faults file at most every 0.2 s
+    try:
+        answer = httpx.post(
+            f"{traced.url}/predict",
+            json={"text": "fall back"},
+            headers={
+                "X-API-Key": traced.key,
+                "X-User-ID": user_for("v2"),
+                "traceparent": f"00-{fallback_trace}-{CALLER_SPAN}-01",
+            },
+            timeout=30,
+        )
+    finally:
+        traced.faults.write_text("", encoding="utf-8")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-fallback"].startswith("v2->v1") and answer.json()["model_version"] == "1"
+    root_span = answer.headers["traceparent"].split("-")[2]
+    tree = tree_of(kit, traced.collector, fallback_trace, root_span, need={"prodai.resilience", "prodai.forward"})
+    resilience = next(s for s in tree["spans"] if s["name"] == "prodai.resilience")
+    assert resilience["attributes"]["prodai.fallback"].startswith("v2->v1")
+    models = {s["attributes"]["prodai.model_version"]: s for s in tree["spans"] if s["name"] == "prodai.model"}
+    assert set(models) == {"1", "2"}
+    assert all(m["parent"] == resilience["span_id"] for m in models.values())
+    assert models["2"]["status"] == 2 and models["1"]["status"] != 2  # STATUS_CODE_ERROR on the failed one
 
 
 def test_nothing_of_opentelemetry_sdk_is_imported_when_off(tmp_path: Path, tiny_classifier_dir: Path) -> None:
