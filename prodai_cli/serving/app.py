@@ -208,7 +208,10 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         if serving.grpc_port is not None:  # OIP v2 over gRPC: this loop, this pool, this pipeline
             from prodai_cli.serving.protocols.oip_grpc import start_grpc_server
 
-            grpc_server = await start_grpc_server(state, access_log=config.monitoring.access_log, spans=spans)
+            workers = bool(os.environ.get(ENV_SERVE_BIND))  # set by the multi-worker runner: share the port
+            grpc_server = await start_grpc_server(
+                state, access_log=config.monitoring.access_log, spans=spans, reuse_port=workers
+            )
         restore = _install_drain_handlers(state)
         restore_hup = install_sighup(reloader)
         protection.log_startup(*state.bind)

@@ -331,3 +331,24 @@ def test_grpc_drains_with_http_then_stops(registered_project: Path, tmp_path: Pa
     finally:
         client.close()
         server.stop()
+
+
+def test_worker_processes_share_the_grpc_port(registered_project: Path, tmp_path: Path, kit: Any) -> None:
+    """--workers 2: every worker serves gRPC on the one port (SO_REUSEPORT), none fails to start."""
+    grpc_port = free_port()
+    root = kit.make_project(registered_project, tmp_path / "proj", kit.BASE_CONFIG + f"  grpc_port: {grpc_port}\n")
+    server = kit.Server(root, "--model", "clf/1", "--workers", "2", env={"PRODAI_AUTH__ENABLED": "false"})
+    try:
+        kit.start_all(server)
+        kit.wait_until(lambda: server.log().count('"serving grpc"') == 2, timeout=60, what="both workers on gRPC")
+        # start_all saw one worker ready; the kernel may hand a connection to the other one.
+        kit.wait_until(lambda: server.log().count('"model ready"') == 2, timeout=120, what="both workers ready")
+        for i in range(6):  # a fresh channel each time: a new connection, whichever worker the kernel picks
+            client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+            try:
+                assert client.infer("clf", [text_input([f"worker {i}"])]).get_response().model_version == "1"
+            finally:
+                client.close()
+        assert "failed to start" not in server.log()
+    finally:
+        server.stop()

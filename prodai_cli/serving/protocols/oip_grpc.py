@@ -368,7 +368,7 @@ def grpc_address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    state: ServerState, *, access_log: bool = True, spans: Spans | None = None
+    state: ServerState, *, access_log: bool = True, spans: Spans | None = None, reuse_port: bool = False
 ) -> grpc.aio.Server:
     """Start the gRPC service on ``serving.host:serving.grpc_port`` (the caller stops it).
 
@@ -376,6 +376,8 @@ async def start_grpc_server(
         state: The server's state.
         access_log: Log one line per call.
         spans: OpenTelemetry spans (None: off).
+        reuse_port: Share the port with the other worker processes (``SO_REUSEPORT``: the kernel spreads
+            connections among them); off, a port another process holds is an error.
 
     Raises:
         ServeError: The grpc extra is missing, or the port is busy.
@@ -392,8 +394,7 @@ async def start_grpc_server(
     options = [
         ("grpc.max_receive_message_length", serving.grpc_max_message_bytes),
         ("grpc.max_metadata_size", serving.max_header_bytes),
-        # Worker processes share the port (the kernel spreads connections); one process owns it.
-        ("grpc.so_reuseport", 1 if serving.workers > 1 else 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=serving.max_connections)
     service = GrpcInferenceService(state, access_log=access_log, spans=spans)
