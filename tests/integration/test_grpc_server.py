@@ -267,6 +267,16 @@ def test_hostile_messages_are_refused_with_reasons(grpc_server: Any) -> None:
     with_outputs = message()
     with_outputs.outputs.add(name="embedding")
     assert "Unknown output" in str(infer(with_outputs).details())
+    # Metadata past serving.max_header_bytes (32 KiB by default) is refused by grpc before any handler runs.
+    with grpc.insecure_channel(grpc_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as too_much:
+            stub.ModelInfer(message(), metadata=(*headers.items(), ("x-padding", "p" * 40_000)), timeout=30)
+        assert too_much.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+        assert "metadata" in str(too_much.value.details()).lower(), too_much.value.details()
+        # Under it is served: the key sets the bound (grpc's own default, 8 KiB soft and 16 KiB hard, would refuse).
+        answer = stub.ModelInfer(message(), metadata=(*headers.items(), ("x-padding", "p" * 20_000)), timeout=30)
+        assert answer.model_name == "clf"
     # Methods this server does not implement, and the server still answers afterwards.
     with grpc.insecure_channel(grpc_server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
