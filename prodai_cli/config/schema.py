@@ -106,12 +106,27 @@ class ServingConfig(Section):
     max_connections: int = Field(
         1000, ge=1, description="Open connections; a new one beyond this gets 503 with Retry-After and is closed"
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port of the Open Inference Protocol v2 gRPC service, on serving.host (needs the grpc "
+        "extra). Empty: no gRPC",
+    )
+    grpc_max_message_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=268_435_456,
+        description="Largest gRPC request message; larger ones get RESOURCE_EXHAUSTED before they are read",
+    )
 
     @model_validator(mode="after")
     def _batch_request_fits_queue(self) -> ServingConfig:
         # A /predict/batch request larger than the whole queue could never be admitted.
         if self.max_batch_items > self.max_queue:
             raise ValueError(f"max_batch_items ({self.max_batch_items}) cannot exceed max_queue ({self.max_queue})")
+        if self.grpc_port is not None and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port ({self.grpc_port}) must differ from port")
         return self
 
 
@@ -488,6 +503,15 @@ class MonitoringConfig(Section):
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     access_log: bool = Field(True, description="One log line per request (id, route, status, duration; no body)")
+    otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="OpenTelemetry collector (OTLP over HTTP) the server exports spans to, e.g. "
+        "http://otel-collector:4318 (needs the otel extra). Empty: no spans, nothing of OpenTelemetry imported",
+    )
+    otel_service_name: str = Field(
+        "prodai", min_length=1, max_length=128, description="service.name of the exported spans"
+    )
 
 
 class DeployConfig(Section):

@@ -184,6 +184,11 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         # Another worker may answer the scrape: keep this worker's files current after every request.
         pipeline.after.append(protection.sync_metrics)
     metrics.before_render.append(protection.sync_metrics)
+    from prodai_cli.serving.otel import Spans  # imports no OpenTelemetry unless monitoring.otlp_endpoint is set
+
+    spans = Spans.from_config(config.monitoring)
+    if spans is not None:
+        spans.instrument(pipeline)
     state = ServerState(serving, config.monitoring, metrics, pool, pipeline, model_keys)
     state.protection, state.routing, state.resilience = protection, routing, resilience
     if bind is not None:
@@ -205,6 +210,14 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
+        grpc_server = None
+        if serving.grpc_port is not None:  # OIP v2 over gRPC: this loop, this pool, this pipeline
+            from prodai_cli.serving.protocols.oip_grpc import start_grpc_server
+
+            workers = bool(os.environ.get(ENV_SERVE_BIND))  # set by the multi-worker runner: share the port
+            grpc_server = await start_grpc_server(
+                state, access_log=config.monitoring.access_log, spans=spans, reuse_port=workers
+            )
         restore = _install_drain_handlers(state)
         restore_hup = install_sighup(reloader)
         protection.log_startup(*state.bind)
@@ -218,6 +231,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         finally:
             state.begin_drain()
             jobs_api.close()
+            if grpc_server is not None:  # after HTTP's drain: in-flight calls get the grace period too
+                await grpc_server.stop(grace=serving.grace_period_s)
             for task in (loader, watcher):
                 if not task.done():
                     task.cancel()
@@ -227,6 +242,8 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
                 await shadowing.aclose()
             await pool.close(timeout=max(1.0, serving.grace_period_s))
             await protection.aclose()
+            if spans is not None:
+                await asyncio.to_thread(spans.shutdown)  # export what is queued
             restore_hup()
             restore()
 
@@ -304,9 +321,9 @@ def create_app(settings: Settings, *, model: str | None = None, bind: tuple[str,
         + JOBS_ROUTES
     )
     access_log = config.monitoring.access_log
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, known_routes=known, access_log=access_log, spans=spans)
     app.fast_lane = ObservabilityMiddleware(  # type: ignore[attr-defined]  # ServerApp's
-        routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log
+        routes.PredictEndpoint(pipeline), metrics=metrics, known_routes=known, access_log=access_log, spans=spans
     )
     return app
 

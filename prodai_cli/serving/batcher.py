@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -42,6 +43,11 @@ logger = logging.getLogger("prodai.serving.batcher")
 # padding to be worth it. On a CPU a MiniLM-sized encoder spends ~5 ms per pass before the first token
 # (~40 tokens' worth); on an accelerator padding is nearly free next to kernel launches.
 CPU_PASS_OVERHEAD_TOKENS = 32
+# Set to a dict by a caller that wants a request's timings (the tracing spans): ``submit`` fills in
+# ``enqueued`` and ``started`` (time.monotonic of queueing and of its round's start) and ``texts`` (in the round).
+batch_timing: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "prodai_batch_timing", default=None
+)
 ACCELERATOR_PASS_OVERHEAD_TOKENS = 4096
 
 
@@ -109,6 +115,8 @@ class _Request:
     future: asyncio.Future[list[dict[str, Any]]]
     enqueued: float = field(default_factory=time.monotonic)
     abandoned: bool = False
+    started: float = 0.0  # when its round began (tracing)
+    round_texts: int = 0
 
 
 @dataclass
@@ -223,7 +231,11 @@ class MicroBatcher:
         # loop turn between the worker's answer and this coroutine (it adds up at one client).
         timer = loop.call_later(timeout, _expire, request.future, timeout)
         try:
-            return await request.future
+            outputs = await request.future
+            timing = batch_timing.get()
+            if timing is not None:
+                timing.update(enqueued=request.enqueued, started=request.started, texts=request.round_texts)
+            return outputs
         except InferenceTimeout:
             if self.metrics is not None:
                 self.metrics.model_errors.labels(self.runtime.version, "timeout").inc()
@@ -289,6 +301,9 @@ class MicroBatcher:
 
     def _process(self, taken: list[_Request]) -> None:
         texts = [text for request in taken for text in request.texts]
+        started = time.monotonic()
+        for request in taken:
+            request.started, request.round_texts = started, len(texts)
         # Which request (and position in it) each text belongs to.
         owners = [(r, p) for r, request in enumerate(taken) for p in range(len(request.texts))]
         outputs: list[list[dict[str, Any] | None]] = [[None] * len(request.texts) for request in taken]

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from prodai_cli.serving.metrics import ServerMetrics
+    from prodai_cli.serving.otel import Spans
 
 logger = logging.getLogger("prodai.serving")
 
@@ -61,16 +62,24 @@ class ObservabilityMiddleware:
         known_routes: Paths that get their own ``route`` label; everything else is ``other`` (bounded
             label cardinality whatever paths clients try).
         access_log: Log one line per request.
+        spans: OpenTelemetry spans (None: off), see :mod:`prodai_cli.serving.otel`.
 
     """
 
     def __init__(
-        self, app: ASGIApp, *, metrics: ServerMetrics | None, known_routes: frozenset[str], access_log: bool = True
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ServerMetrics | None,
+        known_routes: frozenset[str],
+        access_log: bool = True,
+        spans: Spans | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_routes = known_routes
         self.access_log = access_log
+        self.spans = spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -95,6 +104,7 @@ class ObservabilityMiddleware:
         # W3C trace context: the caller's trace continued (or a new one), in every log line and the response.
         trace = trace_from(headers.get("traceparent"), headers.get("tracestate"))
         trace_token = trace_id_var.set(trace.trace_id)
+        request_span = self.spans.begin(trace, ctx.method, path) if self.spans is not None else None
         trace_headers = [(b"traceparent", trace.traceparent.encode())]
         if trace.tracestate:
             trace_headers.append((b"tracestate", _header(trace.tracestate)))
@@ -151,6 +161,8 @@ class ObservabilityMiddleware:
             if metrics is not None:
                 metrics.inflight.dec()
                 metrics.observe_request(ctx.route, status, ctx.model_version, ctx.variant, duration)
+            if request_span is not None:
+                request_span.end(status, ctx)
             if self.access_log:
                 fields: dict[str, Any] = {
                     "request_id": ctx.request_id,

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -58,6 +58,9 @@ logger = logging.getLogger("prodai.serving.request")
 
 Kind = Literal["single", "batch"]
 DEFAULT_VARIANT = "default"
+# What an adapter's render step returns: a Starlette Response over HTTP, a protobuf message over gRPC.
+Answer = TypeVar("Answer")
+Answer_co = TypeVar("Answer_co", covariant=True)
 
 
 @dataclass
@@ -192,12 +195,13 @@ AfterHook = Callable[[RequestContext], None]
 """Runs when a request leaves the pipeline, answered or refused (metrics bookkeeping); must not raise."""
 
 
-class Adapter(Protocol):
+class Adapter(Protocol[Answer_co]):
     """A protocol's edge of the pipeline (see :mod:`prodai_cli.serving.protocols`): its body in, its answer out.
 
     ``parse`` replaces the seed shapes' validation (415/422 as ServingErrors, ``ctx.params``/``ctx.options``
     for what changes the answer); ``route`` may pick a version itself (an explicit version in the URL) or
-    return None to leave it to the router; ``render`` turns the Inference into the protocol's response.
+    return None to leave it to the router; ``render`` turns the Inference into the protocol's response (an
+    HTTP response, or a gRPC message).
     """
 
     def parse(self, ctx: RequestContext, body: bytes) -> list[str]:
@@ -208,7 +212,7 @@ class Adapter(Protocol):
         """The route for this request (usually ``router.route(ctx)``)."""
         ...
 
-    def render(self, ctx: RequestContext, inference: Inference) -> Response:
+    def render(self, ctx: RequestContext, inference: Inference) -> Answer_co:
         """The protocol's response."""
         ...
 
@@ -327,21 +331,31 @@ class PredictPipeline:
         self.output_filters: list[OutputFilter] = []
         self.shadow: ShadowHook | None = None
         self.after: list[AfterHook] = []
-        self._seed: dict[Kind, Adapter] = {"single": SeedAdapter(self, "single"), "batch": SeedAdapter(self, "batch")}
+        self._seed: dict[Kind, Adapter[Response]] = {
+            "single": SeedAdapter(self, "single"),
+            "batch": SeedAdapter(self, "batch"),
+        }
 
     async def handle(self, request: Request, ctx: RequestContext, kind: Kind) -> Response:
         """Run the whole path for one request and return its response (refusals raise ServingError)."""
         return await self.serve(request, ctx, self._seed[kind])
 
-    async def serve(self, request: Request, ctx: RequestContext, adapter: Adapter) -> Response:
+    async def serve(self, request: Request | None, ctx: RequestContext, adapter: Adapter[Answer]) -> Answer:
         """The whole path for a request in any protocol: ``adapter`` parses, may route, and renders.
 
-        Every protocol (the seed shapes, OIP v2, OpenAI) runs the same guards, hooks, cache, resilience,
-        filters and after hooks; only the shapes at the two ends differ.
+        Every protocol (the seed shapes, OIP v2, OpenAI; over HTTP or gRPC) runs the same guards, hooks, cache,
+        resilience, filters and after hooks; only the shapes at the two ends differ.
+
+        Args:
+            request: The HTTP request whose body is read (413 past ``max_body_bytes``); None when the transport
+                has read and bounded the message already (gRPC: the adapter holds it).
+            ctx: The request's context.
+            adapter: The protocol's two ends.
+
         """
         try:
             try:
-                body = await read_body(request, self.max_body_bytes)
+                body = await read_body(request, self.max_body_bytes) if request is not None else b""
                 for guard in self.guards:
                     await guard(ctx)
                 texts = adapter.parse(ctx, body)

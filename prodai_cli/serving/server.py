@@ -104,6 +104,10 @@ def run_server(settings: Settings, *, model: str | None, host: str, port: int, w
         app.state.prodai.on_fatal = stop
         try:
             server.run(sockets=[sock])
+        except SystemExit as exc:  # uvicorn exits 3 when the lifespan refuses to start (a busy gRPC port)
+            if exc.code in (None, 0):
+                raise
+            raise ServeError("The server could not start; see the log above") from None
         finally:
             sock.close()
         if failures:

@@ -5,6 +5,7 @@ Each module turns a protocol's request into the pipeline's inputs and its result
 auth, rate limits, cache, A/B routing, breaker/fallback, filters and metrics as ``/predict``.
 
 - :mod:`.oip_v2`: Open Inference Protocol v2 (KServe/Triton) over HTTP/REST.
+- :mod:`.oip_grpc`: the same protocol over gRPC, on ``serving.grpc_port`` (started by the server's lifespan).
 - :mod:`.openai_compat`: OpenAI-compatible ``/v1/models`` and ``/v1/embeddings``.
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,30 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output of an inference response, before a transport encodes it.
+
+    Attributes:
+        name: ``label``, ``confidence``, ``scores`` or ``embedding``.
+        datatype: ``BYTES`` or ``FP32``.
+        shape: The tensor's shape.
+        values: One value (or one row) per text.
+        binary: Whether the caller asked for it as binary data (HTTP; gRPC always sends raw contents).
+
+    """
+
+    name: str
+    datatype: str
+    shape: list[int]
+    values: list[Any]
+    binary: bool
+
+    def serialize(self) -> bytes:
+        """The tensor's raw bytes: length-prefixed BYTES elements, or little-endian FP32."""
+        return serialize_bytes(self.values) if self.datatype == "BYTES" else serialize_fp32(self.values)
+
+
 # --------------------------------------------------------------------------------------------- adapter
 
 
@@ -164,6 +189,19 @@ class InferAdapter:
             raise OipError(
                 f"Request header is {exc}" if str(exc).startswith("not ") else f"Request refused: {exc}"
             ) from None
+        return self.parse_request(ctx, document, binary)
+
+    def parse_request(self, ctx: RequestContext, document: Any, binary: bytes) -> list[str]:
+        """Validate a decoded request (its JSON form, whatever the transport) and return its texts.
+
+        The caller has checked :meth:`OipV2.known_model` (after the guards).
+
+        Args:
+            ctx: The request.
+            document: The request's JSON form: ``id``, ``parameters``, ``inputs``, ``outputs``.
+            binary: The raw tensor data after the header (binary extension, or gRPC's raw contents).
+
+        """
         request = _obj(document, "The request")
         unknown = set(request) - {"id", "parameters", "inputs", "outputs"}
         if unknown:
@@ -260,17 +298,15 @@ class InferAdapter:
         ctx.options["oip_model"] = route.model
         return route
 
-    def render(self, ctx: RequestContext, inference: Inference) -> Response:
-        """The protocol's response: JSON, or the JSON header and binary tensors."""
+    def output_tensors(self, ctx: RequestContext, inference: Inference) -> list[OutputTensor]:
+        """The requested outputs of an inference, in request order (the transports encode them)."""
         model: ServedModel = ctx.options["oip_model"]
-        options = ctx.options["oip"]
-        requested: list[tuple[str, bool]] | None = options["outputs"]
+        requested: list[tuple[str, bool]] | None = ctx.options["oip"]["outputs"]
         if requested is None:
             requested = [(name, self._binary_default) for name in self.oip.output_names(self.name)]
         outputs = inference.outputs
         count = len(outputs)
-        tensors: list[dict[str, Any]] = []
-        blobs: list[bytes] = []
+        tensors: list[OutputTensor] = []
         labels_count = len(model.runtime.labels) if model.runtime is not None else 0
         for name, binary in requested:
             if name == "label":
@@ -287,13 +323,23 @@ class InferAdapter:
                 datatype, shape = "FP32", [count, len(values[0]) if values else 0]
             if self._shape_2d and len(shape) == 1:
                 shape = [count, 1]  # answer in the shape the texts came in
-            tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
-            if binary:
-                blob = serialize_bytes(values) if datatype == "BYTES" else serialize_fp32(values)
+            tensors.append(OutputTensor(name, datatype, shape, values, binary))
+        return tensors
+
+    def render(self, ctx: RequestContext, inference: Inference) -> Response:
+        """The protocol's response: JSON, or the JSON header and binary tensors."""
+        options = ctx.options["oip"]
+        tensors: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for output in self.output_tensors(ctx, inference):
+            tensor: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
+            if output.binary:
+                blob = output.serialize()
                 tensor["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:
-                tensor["data"] = values if len(shape) == 1 or name in ("label", "confidence") else _rows(values)
+                values, name = output.values, output.name
+                tensor["data"] = values if len(output.shape) == 1 or name in ("label", "confidence") else _rows(values)
             tensors.append(tensor)
         document: dict[str, Any] = {"model_name": self.name, "model_version": inference.model_version}
         if options["id"] is not None:
