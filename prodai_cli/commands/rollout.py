@@ -205,7 +205,8 @@ def _show_plan(out: Any, plan: dict[str, Any]) -> None:
             "judged",
         ],
         rows,
-        title=f"Rollout plan for {plan['model']} against {plan['url']}",
+        title=f"Rollout plan for {plan['model']} against {plan['url']}"
+        + (f" (every replica of deployment {plan['deployment']})" if plan.get("deployment") else ""),
     )
     out.info(f"SLOs: {'; '.join(plan['slos'])} (each step needs {plan['min_requests']} candidate requests)")
     if plan.get("shadow_sample"):

@@ -50,7 +50,11 @@ def resolve_deployment(settings: Settings, name: str | None, url: str | None) ->
         if url is None:
             return None
         wanted = url.rstrip("/")
-        found = [r for r in records.list_records(settings) if r.target in TARGETS and r.url.rstrip("/") == wanted]
+        found = [
+            r
+            for r in records.list_records(settings)
+            if r.target in TARGETS and r.status == "running" and r.url.rstrip("/") == wanted
+        ]
         if not found:
             return None
         record = found[0]
