@@ -59,7 +59,7 @@ def command(
         typer.Option(
             "--render",
             help="Write the equivalent Argo Rollouts plan (Rollout + AnalysisTemplate) for the k8s deployment "
-            "--deployment (default: the model's name) into this directory; change nothing.",
+            "--deployment (default: deploy.name, else prodai-MODEL) into this directory; change nothing.",
         ),
     ] = None,
     prometheus: Annotated[

@@ -217,3 +217,31 @@ def test_a_deployment_that_is_unknown_or_on_k8s_is_refused_before_anything_is_wr
     assert on_k8s.exit_code == 2 and "--render" in on_k8s.stderr, on_k8s.stderr
     assert (stable_project / "prodai.yaml").read_text() == before
     assert not (stable_project / ".prodai" / "rollout.json").exists()
+
+
+def test_a_url_resolves_to_the_running_docker_deployment_it_belongs_to_and_not_to_a_stopped_one(
+    stable_project: Path,
+) -> None:
+    from prodai_cli.config import load_settings
+    from prodai_cli.deploy import records
+    from prodai_cli.rollout.replicas import resolve_deployment
+
+    settings = load_settings(str(stable_project / "prodai.yaml"))
+
+    def record(name: str, url: str, status: str) -> Any:
+        return records.DeploymentRecord(
+            name=name, url=url, model="clf", version=1, target="docker", image="img:1", container_id="c",
+            previous_image=None, created=records.now_iso(), status=status,
+        )  # fmt: skip
+
+    records.save(settings, record("shop", "http://127.0.0.1:8700", "running"))
+    records.save(settings, record("old", "http://127.0.0.1:8800", "stopped"))
+    found = resolve_deployment(settings, None, "http://127.0.0.1:8700/")
+    assert found is not None and (found.name, found.target) == ("shop", "docker")
+    # A stopped deployment's URL may be a plain `prodai serve` now; any other URL is one server.
+    assert resolve_deployment(settings, None, "http://127.0.0.1:8800") is None
+    assert resolve_deployment(settings, None, "http://127.0.0.1:9000") is None
+    from prodai_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="stopped, not running"):
+        resolve_deployment(settings, "old", None)
