@@ -46,6 +46,25 @@ def command(
     url: Annotated[
         str | None, typer.Option("--url", help="The server whose /metrics are judged (default: serving.host:port).")
     ] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            help="A docker or compose deployment: every replica must reload each step, and the window is the sum "
+            "of all replicas' counters (also chosen when --url is a deployment's URL).",
+        ),
+    ] = None,
+    render: Annotated[
+        str | None,
+        typer.Option(
+            "--render",
+            help="Write the equivalent Argo Rollouts plan (Rollout + AnalysisTemplate) for the k8s deployment "
+            "--deployment (default: deploy.name, else prodai-MODEL) into this directory; change nothing.",
+        ),
+    ] = None,
+    prometheus: Annotated[
+        str, typer.Option("--prometheus", help="With --render: the cluster's Prometheus the analysis queries.")
+    ] = "http://prometheus.monitoring.svc:9090",
     api_key: Annotated[
         str | None, typer.Option("--api-key", envvar="PRODAI_API_KEY", help="Key for the server's /metrics, if needed.")
     ] = None,
@@ -66,10 +85,18 @@ def command(
     step passes the alias moves to the candidate (exit 0). State lives in .prodai/rollout.json: a rollout
     whose process died continues with --resume or is undone with --abort; `prodai rollout status` shows it.
 
+    Against a docker or compose deployment (--deployment NAME, or --url its URL) every replica is read at its
+    address on the deployment's network. For k8s, --render DIR writes the same plan as Argo Rollouts manifests
+    (a hand-off: it needs Argo Rollouts and Prometheus in the cluster).
+
     Exit codes: 0 promoted (or status/dry run/abort done), 1 rolled back or the server failed, 2 bad usage.
 
     Example: prodai rollout sentiment@staging --steps 5%,25%,50%,100% --interval 2m --slo "p95 < 300ms"
     --slo "error_rate < 1%"
+
+    Example: prodai rollout sentiment@staging --deployment sentiment --slo "p95 < 300ms"
+
+    Example: prodai rollout sentiment@staging --render k8s-rollout/ --slo "p95 < 300ms" --slo "agreement > 90%"
     """
     from prodai_cli import rollout
 
@@ -96,9 +123,17 @@ def command(
         if not target:
             raise UsageError("Name the candidate, e.g. prodai rollout sentiment@staging (or --resume, status)")
         from prodai_cli.rollout.engine import refuse_if_unfinished, start_state
+        from prodai_cli.rollout.replicas import resolve_deployment
         from prodai_cli.slo import parse_duration
 
-        refuse_if_unfinished(conf)
+        if render is None:
+            refuse_if_unfinished(conf)
+            record = resolve_deployment(conf, deployment, url)
+        else:
+            record = None
+        if record is not None:
+            out.info(f"Judging every replica of deployment {record.name} ({record.target}) at {record.url}")
+            url = record.url
         plan = rollout.plan_rollout(
             conf,
             target,
@@ -108,7 +143,29 @@ def command(
             min_requests=min_requests,
             url=(url or _default_url(conf)).rstrip("/"),
             promote_alias=alias,
+            deployment=(record.name, record.target) if record else None,
         )
+        if render is not None:
+            from prodai_cli.deploy.plan import docker_name
+            from prodai_cli.rollout.argo import write_plan
+
+            deploy_config = conf.config.deploy
+            written = write_plan(
+                plan,
+                render,
+                # The name `prodai deploy --target k8s` gives the Deployment by default.
+                name=deployment or deploy_config.name or f"prodai-{docker_name(plan.model)}",
+                namespace=deploy_config.namespace,
+                replicas=deploy_config.replicas,
+                prometheus=prometheus,
+            )
+            out.result(
+                {"rendered": [str(path) for path in written], "plan": plan.to_dict()},
+                human="Wrote "
+                + ", ".join(str(path) for path in written)
+                + ": apply them where Argo Rollouts and Prometheus run (see docs/rollout-deployments.md)",
+            )
+            return
         if dry_run:
             _show_plan(out, plan.to_dict())
             return
@@ -148,7 +205,8 @@ def _show_plan(out: Any, plan: dict[str, Any]) -> None:
             "judged",
         ],
         rows,
-        title=f"Rollout plan for {plan['model']} against {plan['url']}",
+        title=f"Rollout plan for {plan['model']} against {plan['url']}"
+        + (f" (every replica of deployment {plan['deployment']})" if plan.get("deployment") else ""),
     )
     out.info(f"SLOs: {'; '.join(plan['slos'])} (each step needs {plan['min_requests']} candidate requests)")
     if plan.get("shadow_sample"):

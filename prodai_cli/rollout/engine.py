@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prodai_cli.errors import ProdaiError, UsageError
-from prodai_cli.rollout.window import Snapshot, snapshot, window
+from prodai_cli.rollout.window import Snapshot, Window, snapshot, window
 from prodai_cli.slo import evaluate, parse_slos
 
 if TYPE_CHECKING:
@@ -98,6 +98,9 @@ class RolloutPlan:
     # With an `agreement` SLO: every step also copies the candidate's requests to the stable version (this
     # share of them) and compares the answers; 0 without one.
     shadow_sample: float = 0.0
+    # A docker or compose deployment (its target): every replica is waited for and judged (rollout/replicas.py).
+    deployment: str | None = None
+    deployment_target: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -226,8 +229,11 @@ def plan_rollout(
     min_requests: int,
     url: str,
     promote_alias: str | None = None,
+    deployment: tuple[str, str] | None = None,
 ) -> RolloutPlan:
     """Check everything a rollout needs before it touches anything.
+
+    ``deployment`` is (name, target) of a docker or compose deployment whose replicas are all judged.
 
     Raises:
         UsageError: Bad arguments, an SLO the live metrics cannot answer, or no single stable version.
@@ -279,6 +285,8 @@ def plan_rollout(
         url=url,
         original_ab=original,
         shadow_sample=1.0 if any(slo.metric == "agreement" for slo in parsed) else 0.0,
+        deployment=deployment[0] if deployment else None,
+        deployment_target=deployment[1] if deployment else None,
     )
 
 
@@ -468,6 +476,40 @@ class Server:
                 )
             sleep(0.25)
 
+    def baseline(self, variant: str) -> dict[str, Any]:
+        """``variant``'s counters now, as the state file keeps them (the start of a step's window)."""
+        return snapshot(self.metrics(), variant).to_dict()
+
+    def window(self, baseline: dict[str, Any], variant: str, seconds: float) -> Window:
+        """``variant``'s figures since ``baseline``."""
+        return window(Snapshot.from_dict(baseline), snapshot(self.metrics(), variant), seconds)
+
+
+class Reader(Protocol):
+    """What the rollout reads: one server (:class:`Server`) or every replica of a deployment (``Replicas``)."""
+
+    url: str
+
+    def require_ab_routing(self) -> None: ...  # noqa: D102
+
+    def reload_state(self) -> tuple[float, float]: ...  # noqa: D102
+
+    def wait_reloaded(self, since: float, *, timeout_s: float, sleep: Callable[[float], None]) -> None: ...  # noqa: D102
+
+    def baseline(self, variant: str) -> dict[str, Any]: ...  # noqa: D102
+
+    def window(self, baseline: dict[str, Any], variant: str, seconds: float) -> Window: ...  # noqa: D102
+
+
+def reader(settings: Settings, plan: RolloutPlan, api_key: str | None) -> Reader:
+    """The server the plan judges, or every replica of its deployment."""
+    headers = {settings.config.auth.header: api_key} if api_key else {}
+    if plan.deployment:
+        from prodai_cli.rollout.replicas import Replicas
+
+        return Replicas(plan.url, headers, plan.deployment, plan.deployment_target or "docker", Server)
+    return Server(plan.url, headers)
+
 
 # --------------------------------------------------------------------------------------------- running
 
@@ -475,14 +517,14 @@ class Server:
 Report = Callable[[str], None]
 
 
-def _apply(server: Server, write: Callable[[], bool], sleep: Callable[[float], None]) -> None:
+def _apply(server: Reader, write: Callable[[], bool], sleep: Callable[[float], None]) -> None:
     """Write a config change and wait until the server has loaded it (raises when it does not)."""
     loaded_before, _ = server.reload_state()
     if write():
         server.wait_reloaded(loaded_before, timeout_s=RELOAD_TIMEOUT_S, sleep=sleep)
 
 
-def _put_back(server: Server, write: Callable[[], bool], sleep: Callable[[float], None]) -> str | None:
+def _put_back(server: Reader, write: Callable[[], bool], sleep: Callable[[float], None]) -> str | None:
     """Write a restoring change whatever the server's state; the reason it was not confirmed, if it was not.
 
     Undoing must not depend on the server answering: the file is what every replica reloads from.
@@ -556,7 +598,7 @@ def _finish(settings: Settings, state: RolloutState, status: str, reason: str) -
     return state
 
 
-def _roll_back(settings: Settings, state: RolloutState, server: Server, reason: str, sleep: Any) -> RolloutState:
+def _roll_back(settings: Settings, state: RolloutState, server: Reader, reason: str, sleep: Any) -> RolloutState:
     plan = state.plan
     state.reason = reason
     _save(settings, state)  # the reason first: if the write below fails, status still says what happened
@@ -585,7 +627,7 @@ def run_rollout(
 
     """
     plan = state.plan
-    server = Server(plan.url, {settings.config.auth.header: api_key} if api_key else {})
+    server = reader(settings, plan, api_key)
     slos = parse_slos(plan.slos, live=True)
     poll = poll_s if poll_s is not None else min(5.0, max(0.5, plan.interval_s / 10))
     server.require_ab_routing()
@@ -598,17 +640,17 @@ def run_rollout(
             _apply(server, functools.partial(_write_split, settings, plan, share), sleep)
             state.weights = {plan.stable.name: round(1 - share, 6), plan.candidate.name: share}
             state.step_started = clock()
-            state.baseline = snapshot(server.metrics(), plan.candidate.name).to_dict()
+            state.baseline = server.baseline(plan.candidate.name)
             _save(settings, state)
             report(f"{label}: weights set, judging for {plan.interval_s:g}s")
         else:
             report(f"{label}: resumed, {max(0.0, state.step_started + plan.interval_s - clock()):.0f}s left")
-        baseline = Snapshot.from_dict(state.baseline)
+        baseline = state.baseline
         while True:
             sleep(poll)
             now = clock()
             elapsed = now - state.step_started
-            current = window(baseline, snapshot(server.metrics(), plan.candidate.name), elapsed)
+            current = server.window(baseline, plan.candidate.name, elapsed)
             figures = current.to_dict() | {"rps": current.figure("rps"), "avg_ms": current.figure("avg_ms")}
             for slo in slos:
                 figures.setdefault(slo.key, current.figure(slo.key))
@@ -726,7 +768,7 @@ def abort_rollout(settings: Settings, *, api_key: str | None = None, sleep: Any 
             sleep(0.1)
         current = load_state(settings) or current
     plan = current.plan
-    server = Server(plan.url, {settings.config.auth.header: api_key} if api_key else {})
+    server = reader(settings, plan, api_key)
     unconfirmed = _put_back(server, lambda: _restore(settings, plan), sleep)
     current.weights = {plan.stable.name: 1.0}
     reason = "aborted by the user; the original A/B config is back"

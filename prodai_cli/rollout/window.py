@@ -205,3 +205,25 @@ def window(before: Snapshot, after: Snapshot, seconds: float) -> Window:
         compared=delta(after.compared, before.compared),
         agreed=delta(after.agreed, before.agreed),
     )
+
+
+def combine(windows: list[Window], seconds: float) -> Window:
+    """The sum of several servers' windows over the same step (replicas of one deployment).
+
+    Counters and histogram buckets add up (the replicas run the same image, so the same bucket bounds);
+    ``seconds`` is the step's elapsed time, not a sum: the replicas served side by side.
+    """
+    buckets: dict[float, float] = {}
+    for part in windows:
+        for bound, count in part.buckets.items():
+            buckets[bound] = buckets.get(bound, 0.0) + count
+    return Window(
+        answered=sum(part.answered for part in windows),
+        server_errors=sum(part.server_errors for part in windows),
+        fallbacks=sum(part.fallbacks for part in windows),
+        latency_sum=sum(part.latency_sum for part in windows),
+        buckets=buckets,
+        seconds=seconds,
+        compared=sum(part.compared for part in windows),
+        agreed=sum(part.agreed for part in windows),
+    )

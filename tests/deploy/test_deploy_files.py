@@ -79,6 +79,9 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         "grafana/prodai-dashboard.json.j2",
         "haproxy.cfg.j2",
         *(f"k8s/{name}.j2" for name in k8s.k8s_manifests(ab_plan, image="img:1")),
+        # The rollout's Argo hand-off: rendered and parsed by tests/ab/test_rollout_deployments.py.
+        "argo/rollout.yaml.j2",
+        "argo/analysis-template.yaml.j2",
     }
     assert set(template_names()) == produced
     for name, text in rendered.items():
