@@ -239,7 +239,10 @@ def _show(out: Any, state: dict[str, Any]) -> None:
     if rows:
         out.table(["step", "share", "requests", "p95", "errors", "SLOs"], rows, title=f"Rollout of {plan['model']}")
     weights = ", ".join(f"{name}={weight:.0%}" for name, weight in state["weights"].items()) or "not changed yet"
-    line = f"{state['status']}: v{plan['stable']['version']} -> v{plan['candidate']['version']}; weights now {weights}"
+    line = (
+        f"{state['status'].replace('_', ' ')}: rollout of v{plan['stable']['version']} -> "
+        f"v{plan['candidate']['version']}; weights now {weights}"
+    )
     if state["status"] == "succeeded":
         out.success(line)
     elif state["status"] == "running":

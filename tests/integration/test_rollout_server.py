@@ -145,7 +145,8 @@ def test_a_good_candidate_walks_every_step_and_takes_the_alias(project: Path, ki
 
 
 # A slowed candidate sleeps on the one compute thread, so every request slows and fewer finish per second: its
-# step judges after 5 of the candidate's requests, within a longer interval.
+# step judges after 5 of the candidate's requests, within a longer interval. The p95 bound leaves a busy CI
+# machine room (a healthy step measured 875 ms at load 18) and is still far below the 1.5 s fault.
 @pytest.mark.parametrize(
     ("fault", "interval", "min_requests"), [("2", 6.0, 10), ("2 delay=1500ms", 10.0, 5)], ids=["raises", "slow"]
 )
@@ -160,7 +161,7 @@ def test_a_candidate_failing_at_its_second_step_is_rolled_back_within_one_interv
     with traffic(kit, server.port) as hammer:
         proc = rollout_process(
             project, server, "clf@staging", "--steps", "10%,25%,100%", "--interval", f"{interval:g}s",
-            "--min-requests", str(min_requests), "--slo", "error_rate < 1%", "--slo", "p95 < 800ms",
+            "--min-requests", str(min_requests), "--slo", "error_rate < 1%", "--slo", "p95 < 1200ms",
         )  # fmt: skip
         kit.wait_until(lambda: at_step(project, proc, 1), 120, what="step 2")
         faults.write_text(fault + "\n")  # the candidate fails from its 25% step on
