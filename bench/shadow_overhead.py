@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ def main(args: argparse.Namespace) -> int:
             for round_ in range(args.rounds):
                 order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
                 for name in order:
+                    # The server measured before may still run copies it shed-queued (up to 1 s): let it settle,
+                    # or its shadow work lands in this server's window.
+                    time.sleep(args.settle)
                     runs[name].append(_measure(servers[name][0], args.clients, args.duration, args.warmup))
             for name, (port, _) in servers.items():
                 rows[name] = {**summarize(runs[name]), **shadow_totals(port)}
@@ -136,6 +140,7 @@ def cli() -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients")
+    parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before each measurement")
     return main(parser.parse_args())
 
 

@@ -197,6 +197,11 @@ class MicroBatcher:
             _deliver(request, error=BatcherStopped("The model is shutting down"))
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and no round queued on or running on the compute thread (read without the lock: a hint)."""
+        return not self._scheduled and self._queued_texts == 0
+
+    @property
     def queued_texts(self) -> int:
         """Texts waiting for the model right now."""
         return self._queued_texts

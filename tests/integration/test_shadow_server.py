@@ -170,11 +170,12 @@ def test_a_slow_shadow_is_shed_and_counted_while_every_client_is_answered(
 
     def settled() -> tuple[float, float] | None:
         compared = shadow_counts(server)[0]
-        dropped = server.metric("prodai_shadow_dropped_total", shadow="v2", reason="queue_full")
+        dropped = server.metric("prodai_shadow_dropped_total", shadow="v2")
         return (compared, dropped) if compared + dropped == len(calls) else None
 
     compared, dropped = kit.wait_until(settled, 60, what="every copy compared or dropped")
-    assert dropped > 0  # shed, never queued past max_pending
+    assert dropped > 0  # shed (no gap in the primary's queue, or max_pending in flight), never queued past it
+    assert server.metric("prodai_shadow_dropped_total", shadow="v2", reason="queue_full") > 0
     assert compared > 0
     assert server.metric("prodai_shadow_errors_total") == 0
 

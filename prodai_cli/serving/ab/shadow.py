@@ -5,11 +5,14 @@ gets, once that answer is computed. A copy is then started as its own task on th
 micro-batcher; the client's response never waits for it. A copy's answer is never returned and never
 cached, and it never passes the guards, so it costs the client no rate-limit tokens.
 
-Shadow work is the first thing a busy server gives up. A copy is dropped and counted, never queued, when:
+Shadow work is the first thing a busy server gives up. A copy waits (without a task of its own) until the
+answering version's batcher is idle (nothing queued, no round running), so a shadow round only takes the
+compute thread in a gap between client rounds, and the copies that waited together run as one round. A copy
+is dropped and counted when:
 
-- ``busy``: the answering version's batcher already holds a full round of queued texts, so the server is
-  saturated and a shadow round would only delay clients;
-- ``queue_full``: the shadow already has ``ab.shadow.max_pending`` texts in flight;
+- ``busy``: no such gap came within :data:`IDLE_WAIT_S` (the server is saturated), or the answering version
+  already holds a full round of queued texts when the copy is made;
+- ``queue_full``: the shadow already has ``ab.shadow.max_pending`` texts waiting or in flight;
 - ``not_ready``: the shadow version is not loaded (yet), or is being retired;
 - ``timeout`` / ``stopping``: the shadow's batcher was full, too slow or shutting down.
 
@@ -28,6 +31,8 @@ import logging
 import math
 import random
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.serving.batcher import BatcherStopped, QueueFull
@@ -37,6 +42,7 @@ from prodai_cli.serving.pool import model_key
 if TYPE_CHECKING:
     from prodai_cli.serving.ab.router import Shadow
     from prodai_cli.serving.ab.routing import ABRouting
+    from prodai_cli.serving.batcher import MicroBatcher
     from prodai_cli.serving.metrics import ServerMetrics
     from prodai_cli.serving.pipeline import Inference, RequestContext, Route
     from prodai_cli.serving.pool import ModelPool
@@ -48,6 +54,20 @@ AGREEMENT_METRIC = "prodai_shadow_agreement_total"
 LATENCY_METRIC = "prodai_shadow_latency_seconds"
 ERRORS_METRIC = "prodai_shadow_errors_total"
 DROPPED_METRIC = "prodai_shadow_dropped_total"
+# How long a copy waits for a gap in the answering version's queue before it is dropped as `busy`.
+IDLE_WAIT_S = 1.0
+# How often the waiting copies look for that gap (one task for all of them).
+IDLE_POLL_S = 0.003
+
+
+@dataclass
+class _Copy:
+    shadow: Shadow
+    texts: list[str]
+    inference: Inference
+    primary_s: float
+    primary: MicroBatcher | None
+    made: float
 
 
 def agreement(primary: dict[str, Any], shadow: dict[str, Any]) -> float | None:
@@ -132,6 +152,8 @@ class Shadowing:
         self._rng = rng if rng is not None else random.Random()
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: deque[_Copy] = deque()
+        self._drainer: asyncio.Task[None] | None = None
 
     def __call__(
         self, ctx: RequestContext, route: Route, texts: list[str], inference: Inference, primary_s: float
@@ -149,11 +171,10 @@ class Shadowing:
             self.metrics.dropped.labels(shadow.name, reason).inc()
             return
         self._pending += len(texts)
-        task = asyncio.create_task(
-            self._run(shadow, texts, inference, primary_s), name=f"prodai-shadow-{ctx.request_id}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        self._waiting.append(_Copy(shadow, texts, inference, primary_s, route.model.batcher, loop.time()))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="prodai-shadow-drain")
 
     @property
     def pending(self) -> int:
@@ -170,6 +191,26 @@ class Shadowing:
         if model is None or not model.ready or model.batcher is None:
             return "not_ready"
         return None
+
+    async def _drain(self) -> None:
+        """Start the waiting copies whose answering version has nothing queued; drop those that waited too long."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            now = loop.time()
+            still: deque[_Copy] = deque()
+            for copy in self._waiting:
+                if copy.primary is None or copy.primary.idle:
+                    task = asyncio.create_task(self._run(copy.shadow, copy.texts, copy.inference, copy.primary_s))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif now - copy.made > IDLE_WAIT_S:
+                    self.metrics.dropped.labels(copy.shadow.name, "busy").inc()
+                    self._pending -= len(copy.texts)
+                else:
+                    still.append(copy)
+            self._waiting = still
+            if still:
+                await asyncio.sleep(IDLE_POLL_S)
 
     async def _run(self, shadow: Shadow, texts: list[str], inference: Inference, primary_s: float) -> None:
         try:
@@ -213,8 +254,10 @@ class Shadowing:
             self.metrics.agreement.labels(inference.variant, shadow.name).inc(agreed)
 
     async def aclose(self) -> None:
-        """Cancel copies still in flight (shutdown: they answer nobody)."""
-        for task in list(self._tasks):
+        """Cancel copies still waiting or in flight (shutdown: they answer nobody)."""
+        self._waiting.clear()
+        tasks = [*self._tasks, *([self._drainer] if self._drainer is not None else [])]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
