@@ -281,37 +281,11 @@ def export_onnx(
         raise UsageError("The comparison sample is empty")
     staging = Path(tempfile.mkdtemp(prefix="prodai-export-"))
     try:
-        model_dir = staging / "model"
-        model_dir.mkdir()
-        for path in resolved.model_dir.iterdir():
-            if path.is_file() and path.suffix not in _WEIGHT_SUFFIXES:
-                shutil.copy2(path, model_dir / path.name)
-        components = resolved.path / "components"
-        if components.is_dir():
-            shutil.copytree(components, staging / "components")
-        elif resolved.tokenizer_dir != resolved.model_dir:
-            shutil.copytree(resolved.tokenizer_dir, staging / "components" / "tokenizer")
         status(f"Exporting {source} to ONNX (torch.onnx dynamo exporter, opset {OPSET})")
-        exporter = _export_graph(torch_runtime, model_dir / ONNX_FILE)
-        if quantize == "int8":
-            status("Quantizing the weights to int8 (onnxruntime dynamic quantization)")
-            _quantize_int8(model_dir / ONNX_FILE)
-        (model_dir / RUNTIME_FILE).write_text(
-            json.dumps(
-                {
-                    "format": 1,
-                    "backend": "onnx",
-                    "precision": precision,
-                    "task": torch_runtime.task,
-                    "exporter": exporter,
-                    "opset": OPSET,
-                    "source": source,
-                },
-                indent=1,
-            )
-            + "\n",
-            encoding="utf-8",
+        exporter = write_onnx_version(
+            torch_runtime, resolved.path, staging, quantize=quantize, source=source, on_status=status
         )
+        model_dir = staging / "model"
         status(f"Comparing with torch on {len(sample):,} texts")
         onnx_runtime = load_runtime(staging, device="cpu", precision="fp32", task=torch_runtime.task)
         equivalence = compare(torch_runtime, onnx_runtime, sample, precision)
@@ -350,6 +324,54 @@ def export_onnx(
         onnx_bytes=onnx_bytes,
         seconds=time.perf_counter() - started,
     )
+
+
+def write_onnx_version(
+    runtime: ModelRuntime,
+    source_dir: Path,
+    target: Path,
+    *,
+    quantize: str | None = None,
+    source: str = "",
+    on_status: Callable[[str], None] | None = None,
+) -> str:
+    """Write an ONNX version's files (the layout the runtime loads) from a loaded torch runtime; name the exporter.
+
+    Args:
+        runtime: The torch runtime of the source (its model is exported, its tokenizer settings kept).
+        source_dir: The source's files: a cached version (``model/``, ``components/``) or a model directory.
+        target: An empty directory: gets ``model/`` (config, ``model.onnx``, ``prodai_runtime.json``) and
+            ``components/tokenizer/``.
+        quantize: None for fp32, ``int8``.
+        source: What the files came from, recorded in ``prodai_runtime.json``.
+        on_status: Called with a short line per step.
+
+    """
+    status = on_status or (lambda _line: None)
+    model_src = source_dir / "model" if (source_dir / "model" / "config.json").is_file() else source_dir
+    model_dir = target / "model"
+    model_dir.mkdir(parents=True)
+    for path in model_src.iterdir():
+        if path.is_file() and path.suffix not in _WEIGHT_SUFFIXES:
+            shutil.copy2(path, model_dir / path.name)
+    components = source_dir / "components"
+    if components.is_dir():
+        shutil.copytree(components, target / "components")
+    exporter = _export_graph(runtime, model_dir / ONNX_FILE)
+    if quantize == "int8":
+        status("Quantizing the weights to int8 (onnxruntime dynamic quantization)")
+        _quantize_int8(model_dir / ONNX_FILE)
+    info = {
+        "format": 1,
+        "backend": "onnx",
+        "precision": quantize or "fp32",
+        "task": runtime.task,
+        "exporter": exporter,
+        "opset": OPSET,
+        "source": source,
+    }
+    (model_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return exporter
 
 
 def _require_onnx_tools(quantize: str | None) -> None:

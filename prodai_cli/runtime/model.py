@@ -259,6 +259,10 @@ class ModelRuntime:
             self.max_batch_tokens = best_budget
         return self.max_batch_tokens
 
+    def compute_threads(self) -> int:
+        """CPU threads a forward pass uses (part of a calibration's identity)."""
+        return int(self._torch.get_num_threads())
+
     def describe(self) -> dict[str, Any]:
         """What was loaded, for summaries and health endpoints."""
         return {

@@ -98,6 +98,12 @@ class OnnxModelRuntime(ModelRuntime):
             ]
         return [{"embedding": v} for v in mean_pool(output, mask).tolist()]
 
+    def compute_threads(self) -> int:
+        """CPU threads ONNX Runtime's pool uses (its default: one per core this process may run on)."""
+        import os
+
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
     def describe(self) -> dict[str, Any]:
         """What was loaded (with ``backend``), for summaries and health endpoints."""
         return {**super().describe(), "backend": self.backend}
