@@ -19,6 +19,7 @@ from prodai_cli.commands import batch as batch_cmd
 from prodai_cli.commands import check as check_cmd
 from prodai_cli.commands import config as config_cmd
 from prodai_cli.commands import deploy as deploy_cmd
+from prodai_cli.commands import export as export_cmd
 from prodai_cli.commands import loadtest as loadtest_cmd
 from prodai_cli.commands import rollout as rollout_cmd
 from prodai_cli.commands import ship as ship_cmd
@@ -64,6 +65,7 @@ app.command("init")(init.command)
 app.add_typer(config_cmd.app, name="config")
 app.command("register")(register.command)
 app.add_typer(models.app, name="models")
+app.command("export")(export_cmd.command)
 app.command("serve")(serve.command)
 app.command("batch")(batch_cmd.command)
 app.add_typer(keys.app, name="keys")

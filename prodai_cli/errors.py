@@ -16,7 +16,8 @@ Tree::
     │   └── InUseError         exit 1  a version or alias that an A/B split, the config or a deployment uses
     ├── InputError             exit 1  an input file that cannot be read
     ├── ThresholdError         exit 1  a job finished but crossed a configured threshold
-    │   └── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
+    │   ├── ErrorRateExceededError     a batch job finished with too many bad lines (carries the summary)
+    │   └── ExportRejectedError        an exported model differs from its source beyond tolerance (figures)
     ├── DeployError            exit 1  an image build, a container or the Docker engine failed
     ├── ServeError             exit 1  the server could not start, or stopped because its model did not load
     ├── ReloadRejected         exit 1  a new config is valid but cannot be served (a version does not load)
@@ -97,6 +98,19 @@ class InputError(ProdaiError):
 
 class ThresholdError(ProdaiError):
     """A job completed but crossed a threshold the user set (for example an error rate)."""
+
+
+class ExportRejectedError(ThresholdError):
+    """An exported model (ONNX) differs from its torch source beyond tolerance; nothing was registered.
+
+    Attributes:
+        figures: The equivalence figures measured (max abs difference, label agreement, cosines).
+
+    """
+
+    def __init__(self, message: str, *, figures: dict[str, Any], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.figures = figures
 
 
 class DeployError(ProdaiError):

@@ -399,6 +399,57 @@ class Registry:
                 client.update_model_version(name, str(version), description=description)
             for alias in aliases or []:
                 client.set_registered_model_alias(name, alias, str(version))
+        return self._cache_new_version(name, version)
+
+    def register_files(
+        self,
+        files_dir: Path,
+        name: str,
+        *,
+        task: str,
+        aliases: list[str] | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> ModelVersionInfo:
+        """Log a directory prodai built (an ONNX export: ``model/``, ``components/``) as a new version of ``name``.
+
+        Unlike :meth:`register` nothing is loaded here: the caller has validated the files. They are logged
+        as the artifacts of one run (``prodai.action=export``) and the version points at them; it is cached
+        and its files' digest recorded exactly as for a registered transformers model.
+
+        Returns:
+            The new version.
+
+        """
+        if task not in TASKS:
+            raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        for alias in aliases or []:
+            validate_alias(alias)
+        experiment_id = self.experiment_id()
+        client = self.client
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"Registering {name}"):
+            run = client.create_run(
+                experiment_id, run_name=f"export-{name}", tags={"prodai.action": "export", TASK_TAG: task}
+            )
+            client.log_artifacts(run.info.run_id, str(files_dir), artifact_path="model")
+            client.set_terminated(run.info.run_id, "FINISHED")
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(name)
+            created = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+            version = int(created.version)
+            for key, value in {TASK_TAG: task, **(tags or {})}.items():
+                client.set_model_version_tag(name, str(version), key, value)
+            if description:
+                client.update_model_version(name, str(version), description=description)
+            for alias in aliases or []:
+                client.set_registered_model_alias(name, alias, str(version))
+        return self._cache_new_version(name, version)
+
+    def _cache_new_version(self, name: str, version: int) -> ModelVersionInfo:
         # Cache the version now and record its files' digest on it: every later use of the cache (serve,
         # batch, a deploy image) is checked against these hashes, and any download against the digest.
         target = self._cache_dir(name, version)

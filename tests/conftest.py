@@ -111,3 +111,33 @@ def redis_process(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 def redis_server(redis_process) -> str:  # type: ignore[no-untyped-def]
     """The URL of a real, empty redis-server (redis://127.0.0.1:PORT/0); killed after the test."""
     return str(redis_process.url)
+
+
+@pytest.fixture(scope="session")
+def onnx_project(tmp_path_factory: pytest.TempPathFactory, tiny_classifier_dir: Path, tiny_embedder_dir: Path) -> Path:
+    """A project with ONNX exports made by the real `prodai export` (session-scoped: exports cost seconds).
+
+    `clf` v1 (alias production) is the tiny classifier, v2 its ONNX fp32 export, v3 its int8 export (alias int8).
+    `emb` v1 is the tiny embedder, v2 and v3 its fp32 and int8 exports. Each export's `--json` output is in
+    exports.json. Tests that change the registry must copy the directory.
+    """
+    import json
+
+    root = tmp_path_factory.mktemp("onnx-project")
+    exports: dict[str, object] = {}
+    for args in (
+        ("register", str(tiny_classifier_dir), "--name", "clf", "--alias", "production"),
+        ("register", str(tiny_embedder_dir), "--name", "emb", "--task", "embedding"),
+        ("export", "clf@production", "--to", "onnx", "--json"),
+        ("export", "clf/1", "--to", "onnx", "--quantize", "int8", "--alias", "int8", "--json"),
+        ("export", "emb/1", "--to", "onnx", "--json"),
+        ("export", "emb/1", "--to", "onnx", "--quantize", "int8", "--json"),
+    ):
+        result = run_cli(*args, cwd=root)
+        assert result.exit_code == 0, result.stderr
+        if args[0] == "export":
+            data = result.json()
+            assert isinstance(data, dict)
+            exports[f"{data['name']}/{data['version']}"] = data
+    (root / "exports.json").write_text(json.dumps(exports, indent=1), encoding="utf-8")
+    return root

@@ -299,11 +299,9 @@ def _calibrate_cached(
         from prodai_cli.config import load_settings
 
         settings = load_settings()
-    import torch
-
     sample = calibration_sample(job, skip)
     key = calibration_cache.cache_key(
-        model, job.precision, device, torch.get_num_threads(), runtime.encode(sample).lengths
+        model, job.precision, device, runtime.compute_threads(), runtime.encode(sample).lengths
     )
     path = settings.state_dir / "calibration.json"
     cached = calibration_cache.lookup(path, key)

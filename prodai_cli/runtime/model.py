@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from prodai_cli.config import Settings
 
 TASKS: tuple[str, ...] = ("text-classification", "embedding")
+# The version tag naming the backend a version runs on (absent: torch); set by ``prodai export``.
+BACKEND_TAG = "prodai.runtime.backend"
+# An exported ONNX graph in a model directory: its presence makes the version an ONNX one.
+ONNX_FILE = "model.onnx"
 # Padded tokens per forward pass when nobody calibrated: near the best measured for MiniLM-sized encoders
 # on a 2-core CPU (bigger batches stop paying once the matrices leave the cache), and a safe start on GPU.
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "gpu": 32768}
@@ -62,6 +66,7 @@ class ModelSource:
     task: str | None
     model_dir: Path
     tokenizer_dir: Path
+    backend: str = "torch"
 
 
 class ModelRuntime:
@@ -71,6 +76,7 @@ class ModelRuntime:
     internal lock (the server calls it from a worker thread while the event loop keeps accepting requests).
 
     Attributes:
+        backend: ``torch`` here; ``onnx`` for :class:`~prodai_cli.runtime.onnx.OnnxModelRuntime`.
         name: Registered model name (the directory name for a local model).
         version: Registry version, or ``local`` for a directory.
         task: ``text-classification`` or ``embedding``.
@@ -83,6 +89,8 @@ class ModelRuntime:
             (per-label scores, Open Inference Protocol ``scores``), batch output stays as it was.
 
     """
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -122,9 +130,10 @@ class ModelRuntime:
             self._backend, "encode_batch_fast", None
         ) or getattr(self._backend, "encode_batch", None)
         self._lock = threading.Lock()
-        import torch
+        if self.backend == "torch":  # an ONNX runtime never needs torch (it runs on the CPU only)
+            import torch
 
-        self._torch = torch
+            self._torch = torch
 
     # ------------------------------------------------------------------------------------ tokenizing
     def encode(self, texts: Sequence[str]) -> Encoded:
@@ -250,6 +259,10 @@ class ModelRuntime:
             self.max_batch_tokens = best_budget
         return self.max_batch_tokens
 
+    def compute_threads(self) -> int:
+        """CPU threads a forward pass uses (part of a calibration's identity)."""
+        return int(self._torch.get_num_threads())
+
     def describe(self) -> dict[str, Any]:
         """What was loaded, for summaries and health endpoints."""
         return {
@@ -346,6 +359,16 @@ def _truncating_backend(tokenizer: Any, max_length: int) -> Any:
 # -------------------------------------------------------------------------------------------- loading
 
 
+def detect_backend(model_dir: Path) -> str:
+    """``onnx`` when the directory holds an exported graph (``model.onnx``), else ``torch``."""
+    return "onnx" if (model_dir / ONNX_FILE).is_file() else "torch"
+
+
+# Loaders of the backends other than torch, by name. ``prodai_cli.runtime`` imports each backend's module,
+# which adds its loader here: a backend depends on this module, never the reverse.
+BACKEND_LOADERS: dict[str, Callable[..., ModelRuntime]] = {}
+
+
 def locate_model(source: str | os.PathLike[str], settings: Settings | None = None) -> ModelSource:
     """Find a model's files: a local Hugging Face directory, a downloaded MLflow model, or a registry ref.
 
@@ -361,11 +384,16 @@ def locate_model(source: str | os.PathLike[str], settings: Settings | None = Non
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return ModelSource(path.resolve().name, "local", None, path, path)
+            return ModelSource(path.resolve().name, "local", None, path, path, detect_backend(path))
         if (path / "model" / "config.json").is_file():
             tokenizer = path / "components" / "tokenizer"
             return ModelSource(
-                path.resolve().name, "local", None, path / "model", tokenizer if tokenizer.is_dir() else path / "model"
+                path.resolve().name,
+                "local",
+                None,
+                path / "model",
+                tokenizer if tokenizer.is_dir() else path / "model",
+                detect_backend(path / "model"),
             )
         raise InvalidModelError(
             f"{path} is not a model directory: it has neither config.json nor model/config.json",
@@ -387,10 +415,19 @@ def locate_model(source: str | os.PathLike[str], settings: Settings | None = Non
         settings = load_settings()
     resolved = Registry(settings).resolve(text)
     info = resolved.info
-    return ModelSource(info.name, str(info.version), info.task, resolved.model_dir, resolved.tokenizer_dir)
+    # The files decide (they are checked against their manifest); the registry's tag must agree with them.
+    backend = detect_backend(resolved.model_dir)
+    tagged = info.tags.get(BACKEND_TAG, "torch")
+    if tagged != backend:
+        raise InvalidModelError(
+            f"{info.name}/{info.version} is tagged {BACKEND_TAG}={tagged} but its files are a {backend} model",
+            hint="Export ONNX versions with prodai export REF --to onnx, which tags and stores them together",
+        )
+    return ModelSource(info.name, str(info.version), info.task, resolved.model_dir, resolved.tokenizer_dir, backend)
 
 
-def _model_max_length(tokenizer: Any, config: Any, model_dir: Path) -> int:
+def model_max_length(tokenizer: Any, config: Any, model_dir: Path) -> int:
+    """The most tokens an input may have: the smallest of what the model directory, tokenizer and config allow."""
     limits = []
     # A sentence-transformers export states the length it was trained and evaluated at; honour it so
     # embeddings match SentenceTransformer.encode on long inputs too.
@@ -453,6 +490,11 @@ def load_runtime(
     chosen_task = task or located.task or detect_task(located.model_dir)
     if chosen_task not in TASKS:
         raise UsageError(f"Unknown task {chosen_task!r}; choose one of {', '.join(TASKS)}")
+    if located.backend != "torch":
+        loader = BACKEND_LOADERS.get(located.backend)
+        if loader is None:
+            raise InvalidModelError(f"{located.model_dir}: no loader for backend {located.backend!r}")
+        return loader(located, chosen_task, device=device, precision=precision, max_length=max_length)
     quiet_offline_env()
     import transformers
 
@@ -472,7 +514,7 @@ def load_runtime(
     if resolved_device != "cpu" or precision != "fp32":
         model = model.to(resolved_device, dtype=torch_dtype(precision))
     model.eval()
-    limit = _model_max_length(tokenizer, model.config, located.model_dir)
+    limit = model_max_length(tokenizer, model.config, located.model_dir)
     if max_length is not None:
         limit = min(limit, max_length)
     return ModelRuntime(

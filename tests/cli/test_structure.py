@@ -126,6 +126,8 @@ SETTINGS_ALLOWED_IN_SERVING = {
     "prodai_cli.serving.pool",
     "prodai_cli.serving.faults",
     "prodai_cli.serving.ab.reload",
+    # The jobs API pins a job's model in the registry and hands its runner process the config file and root.
+    "prodai_cli.serving.jobs_routes",
 }
 
 
