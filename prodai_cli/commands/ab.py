@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,12 +37,7 @@ def set_command(
 
     out = console(ctx, json_flag)
     result = ab_set(settings(ctx), assignments, model=model, dry_run=dry_run)
-    if out.json_mode:
-        out.result(result.to_dict())
-        return
-    if dry_run:
-        out.result(None, human=result.diff.rstrip("\n") or "(no change)")
-        out.info(f"Dry run: {result.path} not written")
+    if _shown_as_data(out, result, dry_run):
         return
     split = ", ".join(f"{v.name} {v.weight:.1%} (version {v.version})" for v in result.variants)
     verb = "Wrote" if result.written else "Unchanged"
@@ -152,12 +147,7 @@ def shadow_command(
 
     out = console(ctx, json_flag)
     result = ab_shadow(settings(ctx), version, sample=sample, off=off, dry_run=dry_run, url=url, api_key=api_key)
-    if out.json_mode:
-        out.result(result.to_dict())
-        return
-    if dry_run:
-        out.result(None, human=result.diff.rstrip("\n") or "(no change)")
-        out.info(f"Dry run: {result.path} not written")
+    if _shown_as_data(out, result, dry_run):
         return
     verb = "Wrote" if result.written else "Unchanged"
     if result.recorded:
@@ -175,3 +165,15 @@ def shadow_command(
         )
     else:
         out.success(f"{verb} {result.path.name}: shadow traffic off")
+
+
+def _shown_as_data(out: Any, result: Any, dry_run: bool) -> bool:
+    """Print an edit's ``--json`` document, or its diff for a dry run; True when that was all to print."""
+    if out.json_mode:
+        out.result(result.to_dict())
+        return True
+    if dry_run:
+        out.result(None, human=result.diff.rstrip("\n") or "(no change)")
+        out.info(f"Dry run: {result.path} not written")
+        return True
+    return False
