@@ -198,3 +198,20 @@ def test_the_new_input_limits_refuse_hostile_values_naming_key_and_line() -> Non
         with pytest.raises(ConfigError) as caught:
             parse_config_text(f"# limits\n{section}:\n  {name}: {value}\n")
         assert f"{key}:" in caught.value.message and "line 3" in caught.value.message, caught.value.message
+
+
+def test_the_shadow_keys_refuse_hostile_values_naming_key_and_line() -> None:
+    # A copy queue without bound (or of nothing), a share outside 0..100%, or a version that cannot exist.
+    for name, value in [
+        ("max_pending", 0),
+        ("max_pending", 10**9),
+        ("sample", -0.1),
+        ("sample", "150%"),
+        ("sample", "lots"),
+        ("version", 0),
+        ("version", '"../etc"'),
+    ]:
+        text = f"# shadow\nab:\n  shadow:\n    {name}: {value}\n"
+        with pytest.raises(ConfigError) as caught:
+            parse_config_text(text)
+        assert f"ab.shadow.{name}:" in caught.value.message and "line 4" in caught.value.message, caught.value.message
