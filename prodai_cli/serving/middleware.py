@@ -164,25 +164,7 @@ class ObservabilityMiddleware:
             if request_span is not None:
                 request_span.end(status, ctx)
             if self.access_log:
-                fields: dict[str, Any] = {
-                    "request_id": ctx.request_id,
-                    "method": ctx.method,
-                    "route": ctx.route,
-                    "path": path[:256],
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 2),
-                    "client": ctx.client_ip,
-                }
-                if ctx.model_version:
-                    fields["model_version"] = ctx.model_version
-                    fields["variant"] = ctx.variant
-                if ctx.principal:
-                    fields["principal"] = ctx.principal
-                if failure:
-                    fields["error"] = failure
-                fields["trace_id"] = trace.trace_id
-                fields.update(ctx.log_fields)
-                access_logger.info("request", extra=fields)
+                access_logger.info("request", extra=access_fields(ctx, path, status, duration, failure, trace.trace_id))
             trace_id_var.reset(trace_token)
 
 
@@ -202,3 +184,28 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+def access_fields(
+    ctx: RequestContext, path: str, status: int, duration: float, failure: str | None, trace_id: str
+) -> dict[str, Any]:
+    """The fields of one access-log line (HTTP and gRPC alike): never bodies or secrets."""
+    fields: dict[str, Any] = {
+        "request_id": ctx.request_id,
+        "method": ctx.method,
+        "route": ctx.route,
+        "path": path[:256],
+        "status": status,
+        "duration_ms": round(duration * 1000, 2),
+        "client": ctx.client_ip,
+    }
+    if ctx.model_version:
+        fields["model_version"] = ctx.model_version
+        fields["variant"] = ctx.variant
+    if ctx.principal:
+        fields["principal"] = ctx.principal
+    if failure:
+        fields["error"] = failure
+    fields["trace_id"] = trace_id
+    fields.update(ctx.log_fields)
+    return fields

@@ -317,25 +317,10 @@ class GrpcInferenceService:
     def _log(
         ctx: RequestContext, status: int, code: str, failure: str | None, duration: float, trace: TraceContext
     ) -> None:
-        fields: dict[str, Any] = {
-            "request_id": ctx.request_id,
-            "method": ctx.method,
-            "route": ctx.route,
-            "path": ctx.path,
-            "status": status,
-            "grpc_status": code,
-            "duration_ms": round(duration * 1000, 2),
-            "client": ctx.client_ip,
-        }
-        if ctx.model_version:
-            fields["model_version"] = ctx.model_version
-            fields["variant"] = ctx.variant
-        if ctx.principal:
-            fields["principal"] = ctx.principal
-        if failure:
-            fields["error"] = failure
-        fields["trace_id"] = trace.trace_id
-        fields.update(ctx.log_fields)
+        from prodai_cli.serving.middleware import access_fields
+
+        fields = access_fields(ctx, ctx.path, status, duration, failure, trace.trace_id)
+        fields["grpc_status"] = code
         access_logger.info("request", extra=fields)
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
