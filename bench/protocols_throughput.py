@@ -6,7 +6,9 @@ JSON data and with the binary tensor extension, and OIP v2 ``ModelInfer`` over g
 on keep-alive connections (one request in flight each; over gRPC one channel, hence one HTTP/2 connection, per
 client, sending pre-serialized messages as tritonclient would build them) at each level, short alternating
 rounds per route so machine noise hits all alike; keys, limits and the cache are off (the texts repeat), as in
-``serve_throughput.py``.
+``serve_throughput.py``. Beside req/s it prints CPU milliseconds per request of the server process and of the
+load generator: both share the machine's cores, so a client that costs more per call (grpc.aio) leaves the
+server less CPU.
 
 Target (issue 19): every protocol row within 0.9x of ``/predict``'s req/s at 1 and 32 clients.
 
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import struct
 import subprocess
@@ -101,8 +104,7 @@ async def _client(
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
             await reader.readexactly(length)
-            if sent >= warm:
-                out.append((sent, time.perf_counter(), status))
+            out.append((sent, time.perf_counter(), status))
     finally:
         writer.close()
 
@@ -127,12 +129,19 @@ async def _grpc_client(
                 status = 200
             except grpc.aio.AioRpcError:
                 status = 500
-            if sent >= warm:
-                out.append((sent, time.perf_counter(), status))
+            out.append((sent, time.perf_counter(), status))
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _load(port: int, kind: str, model: str, clients: int, duration: float, warmup: float) -> dict[str, Any]:
     path, bodies = bodies_for(kind, model)
+    if kind == "oip-grpc":
+        import grpc  # noqa: F401  # imported before the CPU clock starts: start-up is not a request's cost
+    cpu_before = _own_cpu_seconds()
     start = time.perf_counter()
     warm, stop = start + warmup, start + warmup + duration
     records: list[tuple[float, float, int]] = []
@@ -140,26 +149,52 @@ async def _load(port: int, kind: str, model: str, clients: int, duration: float,
         await asyncio.gather(*(_grpc_client(port, bodies, i * 7, warm, stop, records) for i in range(clients)))
     else:
         await asyncio.gather(*(_client(port, path, bodies, i * 7, warm, stop, records) for i in range(clients)))
-    window = [r for r in records if r[1] <= stop]
+    window = [r for r in records if warm <= r[0] and r[1] <= stop]
     return {
+        # Every completion (warm-up included) against the client process's CPU: what the load generator
+        # itself costs per request on the cores it shares with the server.
+        "completed": len(records),
+        "client_cpu_s": _own_cpu_seconds() - cpu_before,
         "seconds": duration,
         "errors": sum(1 for *_, status in window if status != 200),
         "latencies_ms": [round((done - sent) * 1000, 3) for sent, done, _ in window],
     }
 
 
-def _measure(port: int, kind: str, model: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(
+    port: int, kind: str, model: str, clients: int, args: argparse.Namespace, server_pid: int
+) -> dict[str, Any]:
     command = [sys.executable, __file__, "loadgen", "--port", str(port), "--kind", kind, "--model", model]
     command += ["--concurrency", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    before = _cpu_seconds(server_pid)
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=args.duration + 300)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result["server_cpu_s"] = _cpu_seconds(server_pid) - before
+    return result
+
+
+def cpu_ms_per_request(runs: list[dict[str, Any]]) -> tuple[float, float]:
+    """The server's and the load generator's CPU milliseconds per completed request over ``runs``."""
+    completed = sum(run["completed"] for run in runs) or 1
+    return (
+        1000 * sum(run["server_cpu_s"] for run in runs) / completed,
+        1000 * sum(run["client_cpu_s"] for run in runs) / completed,
+    )
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """serve_throughput's pooling; a route that completed nothing in the window reports 0 req/s."""
+    """serve_throughput's pooling plus CPU per request; a route that completed nothing reports 0 req/s."""
+    server_ms, client_ms = cpu_ms_per_request(runs)
     if not any(run["latencies_ms"] for run in runs):
-        return {"requests": 0, "errors": sum(run["errors"] for run in runs), "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
-    return _summarize(runs)
+        empty = {"requests": 0, "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+        return {**empty, "errors": sum(run["errors"] for run in runs), "server_ms": server_ms, "client_ms": client_ms}
+    return {**_summarize(runs), "server_ms": server_ms, "client_ms": client_ms}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -194,13 +229,13 @@ def main(args: argparse.Namespace) -> int:
                 _wait(f"http://127.0.0.1:{port}/health/ready", proc)
             for clients in levels:
                 for server, kinds in groups.items():
-                    port, _, model = servers[server]
+                    port, server_proc, model = servers[server]
                     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
                     for round_ in range(args.rounds):
                         order = kinds if round_ % 2 == 0 else list(reversed(kinds))
                         for kind in order:
                             target = grpc_port if kind == "oip-grpc" else port
-                            runs[kind].append(_measure(target, kind, model, clients, args))
+                            runs[kind].append(_measure(target, kind, model, clients, args, server_proc.pid))
                     base = summarize(runs["predict"])
                     for kind in kinds[1:]:
                         row = {"clients": clients, "model": server, "route": kind, "predict": base}
@@ -228,7 +263,7 @@ def main(args: argparse.Namespace) -> int:
 def report(rows: list[dict[str, Any]]) -> int:
     print(
         f"{'clients':>7} {'route':>11} | {'/predict req/s':>14} {'p50 ms':>7} | {'route req/s':>11} {'p50 ms':>7} "
-        "| ratio"
+        "| ratio | CPU-ms/req server /predict vs route, client /predict vs route"
     )
     ok = True
     for row in rows:
@@ -238,7 +273,8 @@ def report(rows: list[dict[str, Any]]) -> int:
         ok = ok and passed
         print(
             f"{row['clients']:>7} {row['route']:>11} | {base['rps']:>14.1f} {base['p50_ms']:>7.1f} | "
-            f"{proto['rps']:>11.1f} {proto['p50_ms']:>7.1f} | {ratio:.2f}x {'PASS' if passed else 'FAIL'}"
+            f"{proto['rps']:>11.1f} {proto['p50_ms']:>7.1f} | {ratio:.2f}x {'PASS' if passed else 'FAIL'} | "
+            f"{base['server_ms']:.1f} vs {proto['server_ms']:.1f}, {base['client_ms']:.1f} vs {proto['client_ms']:.1f}"
             + (f" (errors {base['errors']}/{proto['errors']})" if base["errors"] or proto["errors"] else "")
         )
     return 0 if ok else 1
