@@ -1,10 +1,12 @@
-"""Issue 21: `prodai rollout --deployment` against a real docker deployment of 2 replicas behind its balancer.
+"""Issue 21: `prodai rollout --deployment` against real docker and compose deployments of 2 replicas each.
 
-The replicas mount the project's directory, so the split each step writes reaches both; the rollout waits
-until both reloaded and judges the sum of their counters, read at each replica's address on the
-deployment's network (no port published for it). A client sends predictions through the balancer all along:
-none may fail. The image is built the way tests/deploy/test_deploy_docker.py builds its own (same base,
-same wheel cache, same models), so in one CI session its layers come from the build cache.
+Both targets put two server replicas behind a balancer (the docker target's own HAProxy container; compose's
+HAProxy service beside Redis and Prometheus). The replicas mount the project's directory, so the split each step
+writes reaches both; the rollout waits until both reloaded and judges the sum of their counters, read at each
+replica's address on the deployment's network (no port published for it). A client sends predictions through the
+balancer all along: none may fail. The image is built the way tests/deploy/test_deploy_docker.py builds its own
+(same base, same wheel cache, same models), so in one CI session its layers come from the build cache; the
+compose stack's Redis and Prometheus images are the offline ones tests/deploy/test_deploy_compose.py builds.
 """
 
 from __future__ import annotations
@@ -40,43 +42,62 @@ ab:
 """
 
 
-@pytest.fixture
-def deployment(docker_client: Any, registered_project: Path, tmp_path: Path, deploy_env: dict[str, str]) -> Any:
+@pytest.fixture(params=["docker", "compose"])
+def deployment(
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+    registered_project: Path,
+    tmp_path: Path,
+    deploy_env: dict[str, str],
+) -> Any:
     """clf v1 (all traffic) and v2 (none) in one image, 2 replicas behind the balancer on a free loopback port."""
     from prodai_cli.deploy import containers as engine
+    from prodai_cli.deploy.targets import compose
 
+    target = request.param
     project = tmp_path / "proj"
     shutil.copytree(registered_project, project, symlinks=True)
     (project / "prodai.yaml").write_text(CONFIG, encoding="utf-8")
     project.chmod(0o755)
     (project / "prodai.yaml").chmod(0o644)
     port = free_port()
-    name = f"prodai-rollout-{port}"
-    tag = f"prodai-test-rollout:{port}"
+    name = f"prodai-rollout-{target}-{port}"
+    tag = f"prodai-test-rollout:{target}-{port}"
     env = {**deploy_env, "PRODAI_DEPLOY__READINESS_TIMEOUT_S": "180"}
+    extra = ["--target", "compose", "--offline"] if target == "compose" else []
     try:
         result = run_cli(
-            "deploy", "--port", str(port), "--name", name, "--tag", tag, "--json", cwd=project, env=env, timeout=1500
-        )
+            "deploy", *extra, "--port", str(port), "--name", name, "--tag", tag, "--json",
+            cwd=project, env=env, timeout=1500,
+        )  # fmt: skip
         assert result.exit_code == 0, result.stderr[-4000:]
-        yield {"project": project, "name": name, "url": f"http://127.0.0.1:{port}", "record": result.json()}
+        assert result.json()["target"] == target
+        yield {"project": project, "name": name, "url": f"http://127.0.0.1:{port}", "target": target}
     finally:
-        for container in engine.deployment_containers(docker_client, name):
-            engine.remove_container(docker_client, container.id, timeout_s=5)
-        engine.remove_network(docker_client, f"{name}-net")
+        if target == "compose":
+            with contextlib.suppress(Exception):
+                compose.remove_stack(docker_client, name, project / ".prodai" / "compose" / name)
+        else:
+            for container in engine.deployment_containers(docker_client, name):
+                engine.remove_container(docker_client, container.id, timeout_s=5)
+            engine.remove_network(docker_client, f"{name}-net")
         with contextlib.suppress(Exception):
             docker_client.images.remove(tag, force=True, noprune=False)
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(f"{engine.BUILD_STAGE_REPOSITORY}:{engine.tag_safe(tag)}")
 
 
-def replica_urls(docker_client: Any, name: str) -> dict[str, str]:
-    """Each running server replica's URL at its address on the deployment's network."""
-    from prodai_cli.deploy import containers as engine
-
-    found = engine.deployment_containers(docker_client, name, "server")
+def replica_urls(docker_client: Any, name: str, target: str) -> dict[str, str]:
+    """Each running server replica's URL at its address on the deployment's network (found by Docker's labels)."""
+    if target == "compose":
+        labels = [f"com.docker.compose.project={name}", "com.docker.compose.service=server"]
+        network = f"{name}_default"
+    else:
+        labels = [f"prodai.deployment={name}", "prodai.role=server"]
+        network = f"{name}-net"
     return {
-        c.id: f"http://{c.attrs['NetworkSettings']['Networks'][f'{name}-net']['IPAddress']}:8080"
-        for c in found
-        if c.status == "running"
+        c.id: f"http://{c.attrs['NetworkSettings']['Networks'][network]['IPAddress']}:8080"
+        for c in docker_client.containers.list(filters={"label": labels})
     }
 
 
@@ -87,7 +108,7 @@ def test_a_good_candidate_walks_every_step_on_every_replica_and_takes_the_alias(
     from prodai_cli.registry import Registry
 
     project, name = deployment["project"], deployment["name"]
-    replicas = replica_urls(docker_client, name)
+    replicas = replica_urls(docker_client, name, deployment["target"])
     assert len(replicas) == 2
     with Traffic(deployment["url"]) as traffic:
         result = run_cli(
@@ -97,7 +118,7 @@ def test_a_good_candidate_walks_every_step_on_every_replica_and_takes_the_alias(
     assert result.exit_code == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert data["status"] == "succeeded", data["reason"]
-    assert (data["plan"]["deployment"], data["plan"]["deployment_target"]) == (name, "docker")
+    assert (data["plan"]["deployment"], data["plan"]["deployment_target"]) == (name, deployment["target"])
     assert data["plan"]["url"] == deployment["url"]  # the balancer: what clients use
     assert [entry["share"] for entry in data["timeline"]] == [0.5, 1.0]
     assert all(entry["passed"] and entry["window"]["requests"] >= 10 for entry in data["timeline"])
