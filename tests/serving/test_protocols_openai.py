@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import run_cli
 
-from prodai_cli.config import load_settings
+from prodai_cli.config import load_settings, parse_config_text
 from prodai_cli.keys import create_key
+from prodai_cli.serving.ab.router import ABRouter
 from prodai_cli.serving.metrics import sample_sum
 
 openai = pytest.importorskip("openai", reason="openai is in the dev extra")
@@ -90,6 +92,65 @@ def test_embeddings_equal_predict_with_usage_from_the_tokenizer(emb_server: Any,
     # A single string, and the client's own default (it asks for base64 and decodes it itself).
     single = client.embeddings.create(model="emb", input=texts[0])
     np.testing.assert_allclose(single.data[0].embedding, expected[0], rtol=1e-5, atol=1e-6)
+
+
+AB_CONFIG = """\
+monitoring: {log_level: warning}
+serving: {drain_delay_s: 0, grace_period_s: 5, max_batch_items: 8, max_text_chars: 200}
+ab:
+  enabled: true
+  model: emb
+  variants:
+    v1: {version: 1, weight: 0.5}
+    v2: {version: 2, weight: 0.5}
+auth: {enabled: true}
+"""
+
+
+def test_ab_split_is_sticky_per_user_through_the_header_and_the_user_field(
+    registered_project: Path, tmp_path: Path, server_class: Any, tiny_classifier_dir_b: Path
+) -> None:
+    """emb v2 (another tiny BERT's encoder) beside v1: each user stays on one variant, named either way."""
+    root = tmp_path / "proj"
+    shutil.copytree(registered_project, root, symlinks=True)
+    registered = run_cli("register", str(tiny_classifier_dir_b), "--name", "emb", "--task", "embedding", cwd=root)
+    assert registered.exit_code == 0, registered.stderr
+    (root / "prodai.yaml").write_text(AB_CONFIG, encoding="utf-8")
+    key = create_key(load_settings(root / "prodai.yaml"), "ab").key
+    router = ABRouter.from_config(parse_config_text(AB_CONFIG).ab)
+    users = {v: next(f"user-{i}" for i in range(1000) if router.choose(f"user-{i}").name == v) for v in ("v1", "v2")}
+    server = server_class(load_settings(root / "prodai.yaml"), None).start()
+    try:
+        client = client_of(server, key)
+        texts = ["sticky one", "sticky two"]
+        seen = {}
+        for variant, version in (("v1", "1"), ("v2", "2")):
+            user = users[variant]
+            for i in range(3):
+                # The OpenAI body's own `user` field and the configured header name the same user.
+                if i % 2:
+                    raw = client.embeddings.with_raw_response.create(
+                        model="emb", input=texts, encoding_format="float", extra_headers={"X-User-ID": user}
+                    )
+                else:
+                    raw = client.embeddings.with_raw_response.create(
+                        model="emb", input=texts, encoding_format="float", user=user
+                    )
+                assert raw.headers["x-model-version"] == version, (variant, i)
+            vectors = [item.embedding for item in raw.parse().data]
+            answer = httpx.post(
+                f"{server.url}/predict/batch",
+                json={"texts": texts},
+                headers={"X-API-Key": key, "X-User-ID": user},
+                timeout=30,
+            )
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == version, answer.text
+            expected = [p["embedding"] for p in answer.json()["predictions"]]
+            np.testing.assert_allclose(np.array(vectors), np.array(expected), rtol=1e-5, atol=1e-6)
+            seen[version] = np.array(vectors)
+        assert not np.allclose(seen["1"], seen["2"])  # two different models answered
+    finally:
+        server.stop()
 
 
 def test_cache_hits_through_the_openai_route(emb_server: Any, scrape: Any) -> None:
