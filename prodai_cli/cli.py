@@ -7,9 +7,10 @@ Each command lives in its own module under ``commands/``; this file only wires t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -82,10 +83,60 @@ app.command("worker")(worker.command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI, mapping ProdaiError to its message and exit code (traceback with PRODAI_DEBUG=1)."""
+    """Run the CLI, mapping ProdaiError to its message and exit code (traceback with PRODAI_DEBUG=1).
+
+    Args:
+        argv: The arguments; None means ``sys.argv[1:]`` and that this is the process's entry point (the
+            ``prodai`` script, ``python -m prodai_cli``), which then ends through :func:`exit_process`.
+
+    """
+    if argv is not None:
+        _dispatch(list(argv))
+        return
+    try:
+        _dispatch(sys.argv[1:])
+    except SystemExit as exc:
+        exit_process(exc.code)
+    exit_process(0)
+
+
+def exit_process(code: object) -> NoReturn:
+    """End the process with ``code`` (a ``SystemExit`` code), skipping the interpreter's module teardown.
+
+    Once torch is imported, Python's own finalization (clearing every module and its objects) takes about a
+    second on this project's 2-core machines, after the command's work is done and its output written:
+    measured 1.0-1.3 s for ``import torch`` alone, against 0.05 s for this path, which is the whole start-up
+    cost of a short ``prodai batch``. Everything a normal exit promises is still done, in the same order:
+    non-daemon threads are joined, ``atexit`` callbacks run (logging's flush, ``weakref.finalize`` clean-ups
+    such as temporary directories, MLflow's), and stdout/stderr are flushed; only the teardown is skipped.
+    Processes that never imported torch exit the usual way.
+    """
+    if isinstance(code, bool) or not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)  # what sys.exit("message") prints
+        code = 0 if code is None else 1
+    import atexit
+    import threading
+
+    # What the interpreter's finalization does first, by the same function: run threading's own exit hooks
+    # (concurrent.futures tells its idle workers to stop there; joining them before that would wait forever),
+    # then join every non-daemon thread. Without it (not CPython), or without torch, exit the usual way.
+    shutdown = getattr(threading, "_shutdown", None)
+    if "torch" not in sys.modules or shutdown is None:
+        sys.exit(code)
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (`prodai ... | head`) or a closed stream: nothing is left to lose.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _dispatch(args: list[str]) -> None:
+    """Run the app on ``args`` with the one error handler (exits through ``SystemExit`` like Click)."""
     from prodai_cli.console import Console
 
-    args = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(args)
     try:
         if json_mode:
