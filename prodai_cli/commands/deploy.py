@@ -32,6 +32,12 @@ def deploy(
     replicas: Annotated[
         int | None, typer.Option("--replicas", "-r", help="Server replicas, compose and k8s (deploy.replicas).", min=1)
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="Job workers beside the server, compose and k8s (deploy.workers; 0: none).", min=0, max=64
+        ),
+    ] = None,
     offline: Annotated[
         bool | None,
         typer.Option("--offline/--pull", help="compose: Redis/Prometheus from Debian's packages (deploy.offline)."),
@@ -47,6 +53,7 @@ def deploy(
 
     Example: prodai deploy --model sentiment@production --port 8080
     Example: prodai deploy --target compose --replicas 3 --offline
+    Example: prodai deploy --target compose --workers 2
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -54,7 +61,9 @@ def deploy(
 
     out = console(ctx, json_flag)
     project = settings(ctx)
-    overrides = {k: v for k, v in {"replicas": replicas, "offline": offline}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"replicas": replicas, "workers": workers, "offline": offline}.items() if v is not None
+    }
     if overrides:
         import dataclasses
 

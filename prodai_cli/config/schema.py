@@ -548,6 +548,22 @@ class DeployConfig(Section):
     max_replicas: int = Field(4, ge=1, description="k8s: most replicas the autoscaler may run")
     cpu: str = Field("1", description="k8s: CPU request and limit of one replica")
     memory: str = Field("2Gi", description="k8s: memory request and limit of one replica")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Job workers (`prodai worker`) beside the server: compose containers, k8s the fewest worker "
+        "pods. 0: the server runs jobs itself (jobs.backend embedded)",
+    )
+    max_workers: int = Field(8, ge=1, le=1024, description="k8s: most worker pods the autoscaler may run")
+    jobs_volume_size: str = Field(
+        "10Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", description="k8s: size of the jobs volume"
+    )
+    jobs_storage_class: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="k8s: storage class of the jobs volume (ReadWriteMany: NFS, CephFS, EFS...). Empty: the default",
+    )
 
 
 class BatchConfig(Section):

@@ -21,7 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prodai_cli.deploy.plan import CONTAINER_PORT, CONTAINER_UID, IMAGE_PYTHON, DeployPlan, docker_name
+from prodai_cli.deploy.plan import (
+    CONTAINER_JOBS_DIR,
+    CONTAINER_PORT,
+    CONTAINER_UID,
+    IMAGE_PYTHON,
+    DeployPlan,
+    docker_name,
+    runs_celery,
+)
 from prodai_cli.deploy.templates import render
 from prodai_cli.deploy.wheelhouse import Wheelhouse, build_prodai_wheel, build_wheelhouse
 
@@ -69,6 +77,7 @@ def dockerfile_text(plan: DeployPlan, prodai_wheel: str) -> str:
         container_port=CONTAINER_PORT,
         device="cuda" if plan.gpu else "cpu",
         uid=CONTAINER_UID,
+        jobs_dir=CONTAINER_JOBS_DIR,
         prodai_wheel=prodai_wheel,
     )
 
@@ -92,7 +101,9 @@ def assemble(plan: DeployPlan, *, progress: Progress | None = None) -> BuildCont
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     say(f"Preparing the wheelhouse ({plan.variant} torch, Python {IMAGE_PYTHON})")
-    wheelhouse = build_wheelhouse(plan.variant, progress=progress, python_version=IMAGE_PYTHON)
+    wheelhouse = build_wheelhouse(
+        plan.variant, progress=progress, python_version=IMAGE_PYTHON, jobs=runs_celery(plan.settings)
+    )
     for wheel in sorted(wheelhouse.directory.glob("*.whl")):
         _link_or_copy(wheel, directory / "wheelhouse" / wheel.name)
     (directory / "requirements.txt").write_text(wheelhouse.requirements, encoding="utf-8")

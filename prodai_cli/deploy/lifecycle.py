@@ -43,6 +43,11 @@ def deploy(
         raise UsageError(f"Unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     say = progress or (lambda _line: None)
     plan = plan_deployment(settings, model_ref=model_ref, tag=tag, name=name, gpu=gpu, base_image=base_image)
+    if settings.config.deploy.workers:
+        if target == "k8s":
+            k8s.require_worker_redis(settings)  # before a build that would be wasted
+        elif target == "docker":
+            plan.warnings.append("deploy.workers applies to the compose and k8s targets; the docker target runs none")
     image: engine.BuiltImage | None = None
     context_dir: Path | None = None
     needs_engine = build or target != "k8s"

@@ -25,6 +25,9 @@ CONTAINER_UID = 10001
 IMAGE_PYTHON = "3.11"
 # Where the k8s Secret with the API key hashes is mounted.
 K8S_KEYS_FILE = "/etc/prodai/keys/keys.yaml"
+# The jobs directory in a container (jobs.dir): the volume the server replicas and the job workers share. The
+# image creates it owned by the container's user, so a fresh Docker volume mounted there gets that owner.
+CONTAINER_JOBS_DIR = "/var/lib/prodai/jobs"
 
 Variant = Literal["cpu", "cuda"]
 
@@ -256,3 +259,24 @@ def _api_keys(settings: Settings) -> list[Any]:
 
         return list(read_keys_file(settings.resolve_path(auth.keys_file)))
     return list(auth.keys)
+
+
+def runs_celery(settings: Settings) -> bool:
+    """Whether the deployment's containers run jobs through Celery (job workers, or ``jobs.backend: celery``).
+
+    Such an image also installs Celery and redis-py (``prodai worker``; the server's queue producer).
+    """
+    return settings.config.deploy.workers > 0 or settings.config.jobs.backend == "celery"
+
+
+def worker_environment(redis_url: str | None = None) -> dict[str, str]:
+    """The variables that hand a container's jobs to the workers: Celery, the shared jobs directory, Redis.
+
+    Args:
+        redis_url: The broker (None: the one the config names).
+
+    """
+    environment = {"PRODAI_JOBS__BACKEND": "celery", "PRODAI_JOBS__DIR": CONTAINER_JOBS_DIR}
+    if redis_url is not None:
+        environment["PRODAI_JOBS__REDIS_URL"] = redis_url
+    return environment

@@ -47,6 +47,9 @@ RUNTIME_PACKAGES = (
     # /docs serves Swagger UI's assets from this package (prodai_cli/serving/docs.py): no CDN, works offline.
     "swagger-ui-bundle",
 )
+# Added when the deployment runs job workers (`prodai worker`, and the server's Celery producer): Celery with
+# its Redis transport. Its own dependencies (kombu, billiard, click...) come through the constraints.
+JOBS_PACKAGES = ("celery", "redis")
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 ENV_CACHE_DIR = "PRODAI_CACHE_DIR"
 WHEELHOUSE_FORMAT = "2"  # bump when what a wheelhouse holds changes, so old caches are not reused
@@ -116,11 +119,17 @@ def torch_requirement(variant: str) -> tuple[str, list[str]]:
     return (f"torch=={base}", [])
 
 
-def runtime_requirements(variant: str) -> tuple[str, list[str]]:
-    """The requirements file of the image (pinned to this machine's versions) and extra indexes."""
+def runtime_requirements(variant: str, *, jobs: bool = False) -> tuple[str, list[str]]:
+    """The requirements file of the image (pinned to this machine's versions) and extra indexes.
+
+    Args:
+        variant: ``cpu`` or ``cuda``.
+        jobs: Add Celery and redis-py (the image runs job workers).
+
+    """
     torch_line, indexes = torch_requirement(variant)
     lines = [torch_line]
-    for name in RUNTIME_PACKAGES[1:]:
+    for name in (*RUNTIME_PACKAGES[1:], *(JOBS_PACKAGES if jobs else ())):
         version = _installed(name)
         lines.append(f"{name}=={version}" if version else name)
     return "\n".join(lines) + "\n", indexes
@@ -138,19 +147,22 @@ def _constraints(exclude: set[str]) -> str:
     return "\n".join(sorted(lines, key=str.lower)) + "\n"
 
 
-def build_wheelhouse(variant: str, *, progress: Progress | None = None, python_version: str = "3.11") -> Wheelhouse:
+def build_wheelhouse(
+    variant: str, *, progress: Progress | None = None, python_version: str = "3.11", jobs: bool = False
+) -> Wheelhouse:
     """Download the runtime wheels for the image (cached: a second call with the same pins is free).
 
     Args:
         variant: ``cpu`` or ``cuda`` (which torch build).
         progress: Called with each line pip prints.
         python_version: The image's Python, ``MAJOR.MINOR``.
+        jobs: Add Celery and redis-py (the image runs job workers).
 
     Raises:
         DeployError: pip could not download a wheel (its last lines are in the message).
 
     """
-    requirements, indexes = runtime_requirements(variant)
+    requirements, indexes = runtime_requirements(variant, jobs=jobs)
     constraints = _constraints({"prodai", "torch"})
     platforms = image_platforms()
     abi = "cp" + python_version.replace(".", "")

@@ -15,11 +15,21 @@ Exactly once, even when a worker is SIGKILLed mid-job:
 
 Workers use Celery's ``solo`` pool: one job per worker process, each process with its own model and torch
 threads; run more workers (on this machine or others) for more throughput.
+
+Worker count (``prodai_jobs_workers``): each worker keeps a key ``prodai:jobs:worker:<name>:<pid>`` alive in Redis
+from a thread of its own (:class:`Heartbeat`, every :data:`HEARTBEAT_S`, expiring after :data:`ALIVE_S`), and
+the server counts those keys in the background (:class:`WorkerCounter`). Not Celery's ping or its heartbeat
+events: the solo pool runs a job in the thread that would answer them, so a busy worker would look gone.
+A stopped worker deletes its key at once; a killed one drops out after :data:`ALIVE_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.errors import ConfigError, JobError, JobNotFoundError
@@ -32,9 +42,15 @@ if TYPE_CHECKING:
 
     from prodai_cli.config import Settings
 
+logger = logging.getLogger("prodai.jobs")
+
 TASK_NAME = "prodai.jobs.run"
 QUEUE = "prodai-jobs"
 BUSY_RETRY_S = 5
+WORKER_KEY_PREFIX = "prodai:jobs:worker:"
+HEARTBEAT_S = 5.0
+ALIVE_S = 3 * HEARTBEAT_S  # a worker missing three beats in a row is gone
+MAX_COUNTED = 10_000  # keys one count looks at (a bound, far above any real fleet)
 
 
 def redis_url(settings: Settings) -> str:
@@ -77,7 +93,7 @@ def make_celery(settings: Settings) -> Celery:
     @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
     def run_job(task: Any, job_id: str) -> None:
         try:
-            execute(store, job_id, settings)
+            execute(store, job_id, settings, worker=task.request.hostname)
         except JobBusy:
             # Another worker runs it: keep a message alive until the job ends (the retry is queued before
             # this delivery is acknowledged).
@@ -93,6 +109,7 @@ class CeleryQueue:
 
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
+        self.counter = WorkerCounter(redis_url(settings))
 
     def enqueue(self, job_id: str) -> None:
         """Send the job's id to the queue.
@@ -118,12 +135,113 @@ class CeleryQueue:
     def cancelled(self, job_id: str) -> None:
         """Nothing to send: the worker running the job reads the cancel from the job's record."""
 
+    def worker_count(self) -> int | None:
+        """Live workers, as last counted in the background (None until Redis answered once)."""
+        return self.counter.count
+
     def close(self) -> None:
-        """Nothing to stop: workers are separate processes."""
+        """Stop counting workers (the workers themselves are separate processes)."""
+        self.counter.stop()
+
+
+def _redis_client(url: str) -> Any:
+    import redis
+
+    # Short timeouts: a beat or a count that cannot reach Redis is skipped, never stuck.
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+
+
+class Heartbeat:
+    """Keeps ``prodai:jobs:worker:<name>`` alive in Redis while this worker process runs (a thread of its own).
+
+    Args:
+        url: The jobs Redis.
+        name: The worker's Celery node name.
+        interval_s: Seconds between beats; the key lives three of them.
+
+    """
+
+    def __init__(self, url: str, name: str, *, interval_s: float = HEARTBEAT_S) -> None:
+        # The pid too: two workers started with one name on one machine are still two workers.
+        self.key = f"{WORKER_KEY_PREFIX}{name}:{os.getpid()}"
+        self.interval_s = interval_s
+        self._client = _redis_client(url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prodai-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Beat now and then every ``interval_s`` until :meth:`stop`."""
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and delete the key: the worker stops counting at once."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
+        with contextlib.suppress(Exception):
+            self._client.delete(self.key)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self._client.set(self.key, "1", px=int(3 * self.interval_s * 1000))
+        except Exception as exc:  # Redis away for a moment: the next beat tries again
+            logger.warning("worker heartbeat failed: %s", type(exc).__name__)
+
+
+def count_workers(client: Any) -> int:
+    """Live workers: the heartbeat keys Redis still holds (at most :data:`MAX_COUNTED` are looked at)."""
+    count = 0
+    for _key in client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500):
+        count += 1
+        if count >= MAX_COUNTED:
+            break
+    return count
+
+
+class WorkerCounter:
+    """Counts live workers every :data:`HEARTBEAT_S` in a thread, so ``/metrics`` reads a number, not Redis.
+
+    Args:
+        url: The jobs Redis.
+        interval_s: Seconds between counts.
+
+    """
+
+    def __init__(self, url: str, *, interval_s: float = HEARTBEAT_S) -> None:
+        self.count: int | None = None
+        self.interval_s = interval_s
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prodai-worker-count", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        client = _redis_client(self._url)
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # Redis away: keep the last count
+                self.count = count_workers(client)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        """End the counting thread."""
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def run_worker(settings: Settings, *, hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Run a Celery worker for this project's jobs until it is stopped (``prodai worker``)."""
     app = make_celery(settings)
     name = hostname or f"prodai@{socket.gethostname()}"
-    app.worker_main(["worker", "--pool=solo", f"--loglevel={loglevel}", "-Q", QUEUE, "-n", name, "--without-gossip"])
+    heartbeat = Heartbeat(redis_url(settings), name)
+    heartbeat.start()
+    try:
+        app.worker_main(
+            ["worker", "--pool=solo", f"--loglevel={loglevel}", "-Q", QUEUE, "-n", name, "--without-gossip"]
+        )
+    finally:
+        heartbeat.stop()

@@ -63,6 +63,10 @@ class EmbeddedQueue:
         """Wake the watcher so a cancelled running job's child is stopped now."""
         self._wake.set()
 
+    def worker_count(self) -> int:
+        """One: this server runs its jobs itself."""
+        return 1
+
     def close(self) -> None:
         """Stop the watcher; a running child is terminated (its job resumes when a server starts again)."""
         self._stop.set()

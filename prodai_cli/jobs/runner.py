@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -58,13 +59,14 @@ def batch_job(store: JobStore, record: JobRecord) -> BatchJob:
     )
 
 
-def execute(store: JobStore, job_id: str, settings: Settings | None = None) -> JobRecord:
+def execute(store: JobStore, job_id: str, settings: Settings | None = None, *, worker: str | None = None) -> JobRecord:
     """Run (or resume) a job to an end state and record it.
 
     Args:
         store: Where the job lives.
         job_id: Which job.
         settings: Registry access (None: load from the working directory).
+        worker: Who runs it, recorded in the job (the Celery node name; ``embedded@HOST``).
 
     Returns:
         The final record (or the current one when the job had already finished).
@@ -80,7 +82,7 @@ def execute(store: JobStore, job_id: str, settings: Settings | None = None) -> J
     except Timeout:
         raise JobBusy(job_id) from None
     try:
-        record = store.claim(job_id)
+        record = store.claim(job_id, worker)
         if record is None:
             return store.get(job_id)
         return _run(store, record, settings)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(os.environ.get("PRODAI_CONFIG") or None)
     try:
-        execute(JobStore(args.dir), args.job_id, settings)
+        execute(JobStore(args.dir), args.job_id, settings, worker=f"embedded@{socket.gethostname()}")
     except JobBusy:
         return EXIT_BUSY
     return 0

@@ -55,6 +55,7 @@ class JobRecord:
         kind: ``texts`` (``POST /batch_predict``), ``upload`` or ``path``.
         input_path: The server-side input path for ``path`` jobs; None: ``input.jsonl`` in the job directory.
         settings: Batch settings (batch_size, max_tokens, precision, device, threads, chunk_size, limits).
+        worker: Who ran it last: the Celery worker's node name, or ``embedded@HOST`` (the server itself).
 
     """
 
@@ -80,6 +81,7 @@ class JobRecord:
     error: str | None = None
     attempts: int = 0
     cancel_requested: bool = False
+    worker: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``job.json`` and the API's ``GET /v1/jobs/{id}``)."""
@@ -200,8 +202,14 @@ class JobStore:
             _write_record(directory / "job.json", record)
         return record
 
-    def claim(self, job_id: str) -> JobRecord | None:
-        """Mark a queued (or interrupted running) job as running for this process; None when it is finished."""
+    def claim(self, job_id: str, worker: str | None = None) -> JobRecord | None:
+        """Mark a queued (or interrupted running) job as running for this process; None when it is finished.
+
+        Args:
+            job_id: Which job.
+            worker: Who runs it (recorded as ``worker``).
+
+        """
         claimed: list[bool] = []
 
         def start(record: JobRecord) -> None:
@@ -213,6 +221,7 @@ class JobStore:
             record.status = "running"
             record.started = record.started or now_iso()
             record.attempts += 1
+            record.worker = worker
             claimed.append(True)
 
         record = self.update(job_id, start)

@@ -29,6 +29,10 @@ class JobQueue(Protocol):
         """A cancel was recorded for ``job_id`` (embedded: enforce it now; Celery: the runner sees the record)."""
         ...
 
+    def worker_count(self) -> int | None:
+        """Processes that take this server's jobs (embedded: 1, the server; Celery: live workers; None: unknown)."""
+        ...
+
     def close(self) -> None:
         """Stop (embedded: end the worker thread and its child process)."""
         ...
@@ -43,6 +47,9 @@ def jobs_dir(settings: Settings) -> Path:
 def pin_model(settings: Settings, ref: str) -> tuple[str, str]:
     """Resolve ``ref`` to the exact version a job will run: ``(NAME/VERSION, VERSION)``.
 
+    A ``NAME/VERSION`` already in the local model cache is pinned without the registry (versions are immutable):
+    that is how a container, whose models are baked in and which has no registry, takes jobs.
+
     Raises:
         ModelNotFoundError: Unknown model, version or alias (a 4xx at submit, never a failure in a worker).
 
@@ -52,6 +59,10 @@ def pin_model(settings: Settings, ref: str) -> tuple[str, str]:
 
     parsed = parse_model_ref(ref)
     registry = Registry(settings)
+    if parsed.version is not None and parsed.alias is None:
+        cached = registry.cached(parsed.name, parsed.version, verify=False)
+        if cached is not None:
+            return f"{cached.info.name}/{cached.info.version}", str(cached.info.version)
     info = registry.get_version(parsed)
     return f"{info.name}/{info.version}", str(info.version)
 

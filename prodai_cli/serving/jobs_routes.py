@@ -96,6 +96,13 @@ class JobsApi:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.workers = Gauge(
+            "prodai_jobs_workers",
+            "Processes taking jobs: live `prodai worker` processes (Celery; from their Redis heartbeats), "
+            "1 on the embedded backend (this server)",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         state.metrics.before_render.append(self.refresh_metrics)
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -126,6 +133,9 @@ class JobsApi:
         for status, count in counts.items():
             self.by_status.labels(status).set(count)
         self.queue_length.set(counts.get("queued", 0))
+        workers = self.queue.worker_count() if self.queue is not None else None
+        if workers is not None:
+            self.workers.set(workers)
 
     # ------------------------------------------------------------------------------------- helpers
     async def authorize(self, request: Request) -> RequestContext:

@@ -49,6 +49,19 @@ def ab_plan(registered_copy: Path) -> Any:
     return plan_deployment(load_settings(registered_copy / "prodai.yaml"))
 
 
+def _with_workers(plan: Any, workers: int = 2) -> Any:
+    """``plan`` with ``deploy.workers`` and a jobs Redis set, as ``--workers`` and the config would set them."""
+    import dataclasses
+
+    config = plan.settings.config
+    update = {
+        "deploy": config.deploy.model_copy(update={"workers": workers}),
+        "jobs": config.jobs.model_copy(update={"redis_url": "redis://redis.jobs.svc:6379/1"}),
+    }
+    plan.settings = dataclasses.replace(plan.settings, config=config.model_copy(update=update))
+    return plan
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -67,6 +80,12 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         rendered[relative] = text
     for relative, text in k8s.k8s_manifests(ab_plan, image="img:1").items():
         rendered[f"k8s/{relative}"] = text
+    workers_plan = _with_workers(ab_plan)
+    rendered["docker-compose.yml (workers)"] = compose_target.compose_files(
+        workers_plan, image="img:1", port=8080, project_dir=str(tmp_path)
+    )["docker-compose.yml"]
+    for relative, text in k8s.k8s_manifests(workers_plan, image="img:1").items():
+        rendered[f"k8s/{relative} (workers)"] = text
     rendered["haproxy.cfg.j2"] = balancer.config_text(backend_port=8000)
     # Every packaged template was exercised by the renders above.
     produced = {
@@ -78,7 +97,7 @@ def test_every_template_renders_and_strict_undefined_catches_a_missing_variable(
         "grafana/dashboards.yml.j2",
         "grafana/prodai-dashboard.json.j2",
         "haproxy.cfg.j2",
-        *(f"k8s/{name}.j2" for name in k8s.k8s_manifests(ab_plan, image="img:1")),
+        *(f"k8s/{name}.j2" for name in k8s.k8s_manifests(workers_plan, image="img:1")),
         # The rollout's Argo hand-off: rendered and parsed by tests/ab/test_rollout_deployments.py.
         "argo/rollout.yaml.j2",
         "argo/analysis-template.yaml.j2",
@@ -558,3 +577,235 @@ def test_balancer_config_is_valid_haproxy_and_hides_client_forwarding_headers(do
         docker_client.containers.run(
             image, check, environment={balancer.CONFIG_ENV: broken}, remove=True, stderr=True, network_mode="none"
         )
+
+
+# ------------------------------------------------------------------------------------------ job workers
+
+WORKERS_CONFIG = AB_CONFIG + (
+    "  workers: 2\n  max_workers: 6\n  jobs_storage_class: nfs-client\n"
+    "jobs:\n  redis_url: redis://redis.jobs.svc:6379/1\n"
+)
+
+
+@pytest.fixture
+def workers_plan(registered_copy: Path) -> Any:
+    (registered_copy / "prodai.yaml").write_text(WORKERS_CONFIG, encoding="utf-8")
+    return plan_deployment(load_settings(registered_copy / "prodai.yaml"))
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's volumes as {target: source}, whichever syntax `docker-compose config` prints."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            found[volume["target"]] = str(volume.get("source", ""))
+        else:
+            source, _, rest = volume.partition(":")
+            found[rest.split(":")[0] if rest else source] = source if rest else ""
+    return found
+
+
+def _compose_config(files: dict[str, str], directory: Path) -> dict[str, Any]:
+    for relative, text in files.items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [_tool("docker-compose"), "-f", str(directory / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    normalised: dict[str, Any] = yaml.safe_load(result.stdout)
+    return normalised
+
+
+def test_compose_workers_take_the_jobs_through_the_stacks_redis_on_one_shared_volume(
+    workers_plan: Any, tmp_path: Path
+) -> None:
+    from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR
+
+    files = compose_target.compose_files(workers_plan, image="prodai-clf:1-2", port=8080, project_dir=str(tmp_path))
+    normalised = _compose_config(files, tmp_path)
+    services = normalised["services"]
+    assert set(services) == {"lb", "server", "worker", "redis", "prometheus", "grafana"}
+    server, worker = services["server"], services["worker"]
+    assert worker["deploy"]["replicas"] == 2 and server["deploy"]["replicas"] == 2
+    # The server's image, running `prodai worker`: no port, and not the image's HTTP health check.
+    assert worker["image"] == server["image"] == "prodai-clf:1-2"
+    assert worker["command"] == ["/opt/venv/bin/prodai", "worker"] and "ports" not in worker
+    # `disable: true`, which docker-compose 1.x prints as the equivalent test NONE.
+    assert worker["healthcheck"].get("disable") is True or worker["healthcheck"]["test"] == ["NONE"], worker
+    assert worker["labels"]["prodai.role"] == "worker"
+    for service in (server, worker):
+        environment = service["environment"]
+        # Both hand jobs to Celery on the stack's Redis, database 1 (the cache and rate limits use 0).
+        assert environment["PRODAI_JOBS__BACKEND"] == "celery"
+        assert environment["PRODAI_JOBS__REDIS_URL"] == compose_target.JOBS_REDIS_URL == "redis://redis:6379/1"
+        assert environment["PRODAI_JOBS__DIR"] == CONTAINER_JOBS_DIR
+        mounts = _mounts(service)
+        assert mounts[CONTAINER_JOBS_DIR] == "jobs", mounts  # one named volume, the same for all
+        assert mounts["/app"] == str(tmp_path)  # the same live prodai.yaml (and registry-less models) as the server
+        assert environment["PRODAI_CONFIG"] == "/app/prodai.yaml"
+    assert server["environment"]["PRODAI_REDIS_URL"] == "redis://redis:6379/0"
+    assert "jobs" in normalised["volumes"]
+    # Without workers the replicas run jobs themselves (embedded), still on the shared volume: any replica
+    # behind the balancer answers for a job another one accepted.
+    plain = _compose_config(
+        compose_target.compose_files(workers_plan, image="img:1", port=8080, project_dir=None, workers=0),
+        tmp_path / "plain",
+    )
+    assert "worker" not in plain["services"]
+    environment = plain["services"]["server"]["environment"]
+    assert "PRODAI_JOBS__BACKEND" not in environment and environment["PRODAI_JOBS__DIR"] == CONTAINER_JOBS_DIR
+    assert _mounts(plain["services"]["server"]) == {CONTAINER_JOBS_DIR: "jobs"}
+    # The image makes that directory its user's, so a fresh volume mounted there is writable by the server.
+    dockerfile = dockerfile_text(workers_plan, "prodai.whl")
+    assert f"install -d -o 10001 -g 10001 -m 0750 {CONTAINER_JOBS_DIR}" in dockerfile
+
+
+def test_an_image_with_workers_installs_celery_and_redis_and_one_without_does_not() -> None:
+    from prodai_cli.deploy.wheelhouse import runtime_requirements
+
+    plain, _ = runtime_requirements("cpu")
+    with_jobs, _ = runtime_requirements("cpu", jobs=True)
+    names = {line.split("==")[0] for line in with_jobs.splitlines()}
+    assert {"celery", "redis"} <= names
+    assert not {"celery", "redis"} & {line.split("==")[0] for line in plain.splitlines()}
+    assert set(plain.splitlines()) < set(with_jobs.splitlines())
+
+
+def test_k8s_workers_scale_on_the_jobs_backlog_and_share_the_jobs_volume_with_the_server(workers_plan: Any) -> None:
+    import kubernetes_validate
+
+    from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR
+
+    manifests = k8s.k8s_manifests(workers_plan, image="registry.example/prodai-clf:1-2")
+    docs = {name: yaml.safe_load(text) for name, text in manifests.items()}
+    for document in docs.values():
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+    assert sorted(d["kind"] for d in docs.values()) == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
+    server, worker = docs["deployment.yaml"], docs["worker-deployment.yaml"]
+    hpa, pvc = docs["worker-hpa.yaml"], docs["jobs-pvc.yaml"]
+    pod = worker["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["terminationGracePeriodSeconds"] == k8s.WORKER_TERMINATION_GRACE_S
+    container = pod["containers"][0]
+    assert container["command"] == ["/opt/venv/bin/prodai", "worker"] and "ports" not in container
+    assert container["image"] == server["spec"]["template"]["spec"]["containers"][0]["image"]
+    # The server's Service, PDB and Deployment never select a worker pod; the worker Deployment selects its own.
+    worker_labels = worker["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        docs["service.yaml"]["spec"]["selector"],
+        docs["pdb.yaml"]["spec"]["selector"]["matchLabels"],
+        server["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= worker_labels.items(), selector
+    assert worker["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    # Server and workers mount one ReadWriteMany claim as the jobs directory and hand jobs over through Celery.
+    for spec in (pod, server["spec"]["template"]["spec"]):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["jobs"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["jobs"] == CONTAINER_JOBS_DIR
+        environment = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        assert environment["PRODAI_JOBS__BACKEND"] == "celery" and environment["PRODAI_JOBS__DIR"] == CONTAINER_JOBS_DIR
+    assert "keys" not in {v["name"] for v in pod["volumes"]}  # a worker needs no API key hashes
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "nfs-client"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    # The broker is the config's (the ConfigMap's prodai.yaml, which the workers read too).
+    config = yaml.safe_load(docs["configmap.yaml"]["data"]["prodai.yaml"])
+    assert config["jobs"]["redis_url"] == "redis://redis.jobs.svc:6379/1"
+    assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} == {
+        docs["configmap.yaml"]["metadata"]["name"]
+    }
+    # The HPA scales the worker Deployment between deploy.workers and deploy.max_workers, one worker per job.
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": worker["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External" and metric["external"]["metric"]["name"] == k8s.BACKLOG_METRIC
+    assert metric["external"]["metric"]["selector"]["matchLabels"] == {
+        "app_kubernetes_io_instance": server["metadata"]["name"]
+    }
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == k8s.SCALE_DOWN_WINDOW_S
+    # The metric the HPA reads is documented with the prometheus-adapter rule that serves it.
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "jobs.md").read_text(encoding="utf-8")
+    assert f"as: {k8s.BACKLOG_METRIC}" in guide and 'prodai_jobs{status=~"queued|running"' in guide
+
+
+def test_k8s_workers_flag_writes_worker_manifests_and_switching_them_off_removes_them(registered_copy: Path) -> None:
+    env = {"KUBECONFIG": str(registered_copy / "no-kubeconfig")}
+    (registered_copy / "prodai.yaml").write_text("serving:\n  model: emb\n")
+
+    def deploy(*args: str) -> Any:
+        return run_cli("deploy", "--target", "k8s", "--no-build", "--json", *args, cwd=registered_copy, env=env)
+
+    # No Redis for the workers: refused before anything is written, naming the keys.
+    refused = deploy("--workers", "2")
+    assert refused.exit_code == 2, refused.stderr
+    assert "deploy.workers" in refused.stderr and "jobs.redis_url" in refused.stderr
+    assert not (registered_copy / ".prodai" / "k8s").exists()
+    (registered_copy / "prodai.yaml").write_text("serving:\n  model: emb\njobs:\n  redis_url: redis://r:6379/1\n")
+    result = deploy("--workers", "3")
+    assert result.exit_code == 0, result.stderr
+    written = sorted(Path(p).name for p in result.json()["files"])  # type: ignore[index]
+    assert written == [
+        "configmap.yaml",
+        "deployment.yaml",
+        "hpa.yaml",
+        "jobs-pvc.yaml",
+        "pdb.yaml",
+        "secret.yaml",
+        "service.yaml",
+        "worker-deployment.yaml",
+        "worker-hpa.yaml",
+    ]
+    directory = registered_copy / ".prodai" / "k8s" / "prodai-emb"
+    assert yaml.safe_load((directory / "worker-deployment.yaml").read_text())["spec"]["replicas"] == 3
+    again = deploy()  # deploy.workers is 0: `kubectl apply -f DIR` must not bring the workers back
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "configmap.yaml",
+        "deployment.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+        "secret.yaml",
+        "service.yaml",
+    ]
+    too_many = deploy("--workers", "65")
+    assert too_many.exit_code == 2 and "--workers" in too_many.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        ("  workers: 65", "deploy.workers: Input should be less than or equal to 64"),
+        ("  workers: -1", "deploy.workers: Input should be greater than or equal to 0"),
+        ("  max_workers: 0", "deploy.max_workers: Input should be greater than or equal to 1"),
+        ("  jobs_volume_size: lots", "deploy.jobs_volume_size: String should match pattern"),
+        ("  jobs_storage_class: Bad_Class", "deploy.jobs_storage_class: String should match pattern"),
+    ],
+)
+def test_bad_worker_keys_name_the_key_and_line(tmp_path: Path, line: str, complaint: str) -> None:
+    from prodai_cli.errors import ConfigError
+
+    (tmp_path / "prodai.yaml").write_text(f"serving:\n  port: 9000\ndeploy:\n  replicas: 1\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path / "prodai.yaml")
+    assert complaint in caught.value.message and "line 5" in caught.value.message, caught.value.message

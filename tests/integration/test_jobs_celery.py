@@ -167,3 +167,60 @@ def test_seed_flow_and_cancel_on_celery(celery_project: Any, kit: Any) -> None:
     assert record["lines_done"] < 40_000
     listed = run_cli("--json", "jobs", "list", cwd=root, env=env).json()
     assert {j["id"]: j["status"] for j in listed["jobs"]}[job_id] == "cancelled"  # type: ignore[index]
+
+
+def wait_workers(server: Any, expected: int, timeout: float) -> float:
+    """Seconds until the server's `prodai_jobs_workers` reads ``expected`` (fails past ``timeout``)."""
+    started = time.monotonic()
+    while (count := server.metric("prodai_jobs_workers")) != expected:
+        assert time.monotonic() - started < timeout, f"prodai_jobs_workers stayed {count}, not {expected}"
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def test_worker_count_follows_the_live_workers_busy_or_idle_and_a_job_names_its_worker(
+    celery_project: Any, kit: Any, redis_process: RedisServer
+) -> None:
+    import redis
+
+    from prodai_cli.jobs.celery_app import ALIVE_S, HEARTBEAT_S, WORKER_KEY_PREFIX, make_celery
+
+    root, server, key, workers = celery_project
+    workers.extend([Worker(root, "one", kit), Worker(root, "two", kit)])
+    wait_workers(server, 2, timeout=120)
+    client = redis.Redis.from_url(redis_process.url)
+    beating = sorted(k.decode() for k in client.scan_iter(match=WORKER_KEY_PREFIX + "*"))
+    assert beating == sorted(f"{WORKER_KEY_PREFIX}{w.proc.args[-1]}:{w.proc.pid}" for w in workers), beating  # type: ignore[index]
+    # A long job keeps one worker busy in Celery's solo pool, where it answers no ping: it still counts.
+    source = root / "long.jsonl"
+    source.write_text("".join(json.dumps({"text": f"busy line {i}"}) + "\n" for i in range(400_000)))
+    env = {"PRODAI_API_KEY": key, "PRODAI_SERVER_URL": server.url}
+    job_id = run_cli("--json", "jobs", "submit", str(source), cwd=root, env=env).json()["id"]  # type: ignore[index]
+    deadline = time.monotonic() + 120
+    while (record := record_of(server, key, job_id))["lines_done"] < 2 * CHUNK:
+        assert record["status"] in ("queued", "running") and time.monotonic() < deadline, record
+        time.sleep(0.1)
+    assert record["worker"] in ("one@test", "two@test"), record  # the Celery node that runs it
+    busy = next(w for w in workers if w.proc.args[-1] == record["worker"])  # type: ignore[index]
+    idle = next(w for w in workers if w is not busy)
+    # Why heartbeats and not Celery's ping: the busy worker's solo pool does not answer until its job ends.
+    replies = make_celery(load_settings(root / "prodai.yaml")).control.ping(timeout=3)
+    assert {name for reply in replies for name in reply} == {idle.proc.args[-1]}, replies  # type: ignore[index]
+    watched = time.monotonic()
+    while time.monotonic() - watched < ALIVE_S + 2 * HEARTBEAT_S:  # longer than a key lives without beats
+        assert server.metric("prodai_jobs_workers") == 2
+        time.sleep(1)
+    assert record_of(server, key, job_id)["status"] == "running"  # busy all along
+    # A killed worker drops out once its key expires; a stopped one at once (it deletes its key).
+    idle.proc.send_signal(signal.SIGKILL)
+    idle.proc.wait(timeout=30)
+    wait_workers(server, 1, timeout=ALIVE_S + 3 * HEARTBEAT_S)
+    assert run_cli("--json", "jobs", "cancel", job_id, cwd=root, env=env).exit_code == 0
+    asked = time.monotonic()
+    while record_of(server, key, job_id)["status"] == "running":
+        assert time.monotonic() - asked < 30
+        time.sleep(0.1)
+    busy.proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown: no job left, it exits
+    assert busy.proc.wait(timeout=60) == 0, busy.log()[-3000:]
+    assert wait_workers(server, 0, timeout=ALIVE_S) < ALIVE_S - HEARTBEAT_S, "the key was left to expire"
+    assert list(client.scan_iter(match=WORKER_KEY_PREFIX + "*")) == []

@@ -157,6 +157,8 @@ def test_upload_job_has_every_valid_line_once_and_bad_lines_with_their_numbers(j
     metrics = jobs_server.metrics()
     assert any(labels.get("status") == "succeeded" and value >= 1 for labels, value in metrics["prodai_jobs"])
     assert "prodai_jobs_queue_length" in metrics
+    assert metrics["prodai_jobs_workers"] == [({}, 1.0)]  # the embedded backend: the server itself
+    assert record["worker"].startswith("embedded@"), record
 
 
 def test_a_version_that_does_not_exist_is_refused_at_submit(jobs_server: Any) -> None:

@@ -30,6 +30,9 @@ class ListQueue:
     def cancelled(self, job_id: str) -> None:
         pass
 
+    def worker_count(self) -> int | None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -70,9 +73,11 @@ def test_claim_and_cancel_move_a_job_through_its_states(tmp_path: Path) -> None:
     assert cancelled.status == "cancelled" and cancelled.finished is not None
     assert store.claim(queued.id) is None  # a finished job is never run
     running = store.create(new_record(store))
-    claimed = store.claim(running.id)
+    claimed = store.claim(running.id, "first@host")
     assert claimed is not None and claimed.status == "running" and claimed.attempts == 1
-    assert store.claim(running.id) is not None and store.get(running.id).attempts == 2  # a takeover
+    assert claimed.worker == "first@host" and store.get(running.id).public()["worker"] == "first@host"
+    assert store.claim(running.id, "second@host") is not None and store.get(running.id).attempts == 2  # a takeover
+    assert store.get(running.id).worker == "second@host"  # the record names the worker that runs it now
     first_start = store.get(running.id).started
     assert not store.cancel_requested(running.id)
     asked = store.request_cancel(running.id)

@@ -10,7 +10,12 @@ Life cycle (docs/deploy.md, "compose"):
   old ones are retired one at a time (SIGTERM: 503 on /health/ready for ``serving.drain_delay_s``, so the
   balancer stops routing there before the socket closes; in-flight requests finish). When the new replicas
   fail they are removed, the old ones never stopped serving, and the command fails with their logs.
-- **stop** removes the stack's containers, anonymous volumes and network.
+- **stop** removes the stack's containers, volumes and network.
+
+Jobs (``/v1/jobs``, ``/batch_predict``): every replica mounts one ``jobs`` volume as its jobs directory, so
+any replica answers for any job. With ``deploy.workers: N`` (``--workers N``) the stack also runs N
+``prodai worker`` containers of the same image on that volume, and the replicas hand their jobs to them
+through Celery on the stack's Redis (database 1; the cache and rate limits use 0) instead of running them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from prodai_cli.deploy import containers as engine
 from prodai_cli.deploy.balancer import trusted_networks
 from prodai_cli.deploy.containers import BuiltImage
 from prodai_cli.deploy.outcome import DeployResult, Progress, display_host, files_record, write_files
-from prodai_cli.deploy.plan import CONTAINER_PORT, DeployPlan
+from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR, CONTAINER_PORT, DeployPlan, worker_environment
 from prodai_cli.deploy.readiness import NotReady, wait_ready
 from prodai_cli.deploy.records import DeploymentRecord
 from prodai_cli.deploy.targets.docker import config_mounts
@@ -38,6 +43,12 @@ from prodai_cli.errors import DeployError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
+
+
+# The Celery broker of the workers: the stack's Redis, a database of its own.
+JOBS_REDIS_URL = "redis://redis:6379/1"
+# How long a stopped worker may finish its running job (Celery's warm shutdown) before it is killed.
+WORKER_STOP_GRACE_S = 30
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ def compose_files(
     images: StackImages | None = None,
     trusted_proxies: Sequence[str] = (),
     replicas: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, str]:
     """The compose stack's files, by relative path: docker-compose.yml, prometheus.yml, alerts.yml (+ Grafana).
 
@@ -76,11 +88,15 @@ def compose_files(
         images: The balancer, Redis and Prometheus images (default: the configured ones, as named).
         trusted_proxies: The networks whose X-Forwarded-For the replicas believe (the stack's subnet).
         replicas: Server replicas (default deploy.replicas).
+        workers: Job worker containers (default deploy.workers; 0: the replicas run jobs themselves).
 
     """
     deploy_config = plan.settings.config.deploy
     serving = plan.settings.config.serving
     replicas = replicas or deploy_config.replicas
+    workers = deploy_config.workers if workers is None else workers
+    # The jobs directory is the shared volume; with workers, jobs go to them through the stack's Redis.
+    jobs_environment = worker_environment(JOBS_REDIS_URL) if workers else {"PRODAI_JOBS__DIR": CONTAINER_JOBS_DIR}
     if images is None:
         images = StackImages(
             balancer=deploy_config.balancer_image or balancer.image_tag(plan.base_image),
@@ -99,6 +115,10 @@ def compose_files(
             name=plan.name,
             image=image,
             replicas=replicas,
+            workers=workers,
+            jobs_environment=jobs_environment,
+            jobs_dir=CONTAINER_JOBS_DIR,
+            worker_stop_grace_s=WORKER_STOP_GRACE_S,
             config_file="prodai.yaml" if project_dir is None else Path(str(plan.settings.path)).name,
             environment=plan.environment,
             project_dir=project_dir,
@@ -187,6 +207,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 SERVER_SERVICE = "server"
 BALANCER_SERVICE = "lb"
+WORKER_SERVICE = "worker"
 
 
 def compose_command() -> list[str] | None:
@@ -253,6 +274,14 @@ def remove_stack(client: Any, name: str, directory: Path | None) -> list[str]:
             continue
         except APIError as exc:
             raise DeployError(f"Removing container {found.name} failed: {exc.explanation or exc}") from None
+    for volume in client.volumes.list(filters={"label": f"{PROJECT_LABEL}={name}"}):
+        try:
+            volume.remove(force=True)
+            removed.append(f"volume {volume.name}")
+        except NotFound:
+            continue
+        except APIError as exc:
+            raise DeployError(f"Removing volume {volume.name} failed: {exc.explanation or exc}") from None
     network = network_name(name)
     for net in client.networks.list(names=[network]):
         labels = net.attrs.get("Labels") or {}
@@ -309,22 +338,27 @@ def _logs(client: Any, ids: Sequence[str], lines: int = 20) -> str:
 
 
 def stack_state(client: Any, record: DeploymentRecord) -> dict[str, Any]:
-    """The live state of a compose deployment: ``state`` and ``replicas_running`` (server containers)."""
+    """The live state of a compose deployment: ``state``, ``replicas_running`` and ``workers_running``."""
     running = [c for c in stack_containers(client, record.name, SERVER_SERVICE) if c.status == "running"]
+    workers = [c for c in stack_containers(client, record.name, WORKER_SERVICE) if c.status == "running"]
     state = record.status
     if record.status == "running" and not running:
         state = "missing"
-    return {"state": state, "replicas_running": len(running)}
+    return {"state": state, "replicas_running": len(running), "workers_running": len(workers)}
 
 
 def stack_logs(client: Any, name: str, lines: int = 100) -> str:
-    """The last ``lines`` log lines of every server replica and the balancer of stack ``name``.
+    """The last ``lines`` log lines of every server replica, job worker and the balancer of stack ``name``.
 
     Raises:
         DeployError: The stack has no containers.
 
     """
-    found = stack_containers(client, name, SERVER_SERVICE) + stack_containers(client, name, BALANCER_SERVICE)
+    found = [
+        *stack_containers(client, name, SERVER_SERVICE),
+        *stack_containers(client, name, WORKER_SERVICE),
+        *stack_containers(client, name, BALANCER_SERVICE),
+    ]
     if not found:
         raise DeployError(f"The stack {name} has no containers", hint=f"Start it: prodai deploy --name {name}")
     return _logs(client, [c.id for c in found], lines)
@@ -457,6 +491,10 @@ def deploy_compose(
     # A redeploy keeps the running number of replicas unless --replicas or deploy.replicas says otherwise.
     explicit = "replicas" in deploy_config.model_fields_set
     replicas = deploy_config.replicas if explicit or not old else len(old)
+    # The same for job workers: a redeploy keeps as many as run unless --workers or deploy.workers says.
+    running_workers = [c for c in stack_containers(client, plan.name, WORKER_SERVICE) if c.status == "running"]
+    explicit_workers = "workers" in deploy_config.model_fields_set
+    workers = deploy_config.workers if explicit_workers or not old else len(running_workers)
     if not old:
         # Written before anything is created: whatever fails below, `deploy stop NAME` finds the stack.
         records.save(settings, _attempt_record(plan, directory, url, host_port))
@@ -483,13 +521,15 @@ def deploy_compose(
     )
     if old:
         waited = _rolling_update(
-            settings, plan, client, command, directory, old, replicas, images, host_port, bind_host
+            settings, plan, client, command, directory, old, (replicas, workers), images, host_port, bind_host
         )
     else:
-        waited = _fresh_start(settings, plan, client, command, directory, replicas, images, host_port, bind_host)
+        waited = _fresh_start(
+            settings, plan, client, command, directory, (replicas, workers), images, host_port, bind_host
+        )
     record = files_record(plan, image, "compose", url, directory)
     record.port = host_port
-    record.run = {"replicas": replicas, "network": network_name(plan.name)}
+    record.run = {"replicas": replicas, "workers": workers, "network": network_name(plan.name)}
     if before is not None and old:
         record.previous_image = before.image_id
     records.save(settings, record)
@@ -516,7 +556,7 @@ def deploy_compose(
 def _write_stack(
     plan: DeployPlan,
     directory: Path,
-    replicas: int,
+    counts: tuple[int, int],
     images: StackImages,
     trusted: list[str],
     host_port: int,
@@ -532,7 +572,8 @@ def _write_stack(
         images=images,
         # The user's own proxies (in front of this host) stay trusted: the env replaces the config's list.
         trusted_proxies=list(dict.fromkeys([*plan.settings.config.rate_limit.trusted_proxies, *trusted])),
-        replicas=replicas,
+        replicas=counts[0],
+        workers=counts[1],
     )
     write_files(directory, files)
     for relative in files:
@@ -547,17 +588,21 @@ def _fresh_start(
     client: Any,
     command: list[str],
     directory: Path,
-    replicas: int,
+    counts: tuple[int, int],
     images: StackImages,
     host_port: int,
     bind_host: str,
 ) -> float:
     deploy_config = settings.config.deploy
     compose_file = directory / "docker-compose.yml"
+    replicas, workers = counts
+    scale = ["--scale", f"{SERVER_SERVICE}={replicas}"]
+    if workers:
+        scale += ["--scale", f"{WORKER_SERVICE}={workers}"]
     try:
         trusted = ensure_network(client, plan.name)
-        _write_stack(plan, directory, replicas, images, trusted, host_port, bind_host)
-        up = _compose(command, plan.name, compose_file, "up", "-d", "--scale", f"{SERVER_SERVICE}={replicas}")
+        _write_stack(plan, directory, counts, images, trusted, host_port, bind_host)
+        up = _compose(command, plan.name, compose_file, "up", "-d", *scale)
         if up.returncode != 0:
             raise DeployError(f"`compose up` of {plan.name} failed:\n{(up.stderr or up.stdout).strip()[-2000:]}")
         ids = [c.id for c in stack_containers(client, plan.name, SERVER_SERVICE)]
@@ -582,7 +627,7 @@ def _rolling_update(
     command: list[str],
     directory: Path,
     old: list[str],
-    replicas: int,
+    counts: tuple[int, int],
     images: StackImages,
     host_port: int,
     bind_host: str,
@@ -590,11 +635,12 @@ def _rolling_update(
     deploy_config = settings.config.deploy
     serving = settings.config.serving
     compose_file = directory / "docker-compose.yml"
+    replicas, workers = counts
     previous = {
         p.relative_to(directory).as_posix(): p.read_text(encoding="utf-8") for p in directory.rglob("*") if p.is_file()
     }
     trusted = ensure_network(client, plan.name)
-    _write_stack(plan, directory, replicas, images, trusted, host_port, bind_host)
+    _write_stack(plan, directory, counts, images, trusted, host_port, bind_host)
     total = len(old) + replicas
     up = _compose(command, plan.name, compose_file, "up", "-d", "--no-recreate", "--scale", f"{SERVER_SERVICE}={total}")
     new = [c.id for c in stack_containers(client, plan.name, SERVER_SERVICE) if c.id not in old]
@@ -618,7 +664,35 @@ def _rolling_update(
         drain_s=serving.drain_delay_s,
         stop_timeout_s=serving.drain_delay_s + serving.grace_period_s + 5,
     )
+    _update_workers(client, command, plan.name, compose_file, workers)
     return waited
+
+
+def _update_workers(client: Any, command: list[str], name: str, compose_file: Path, workers: int) -> None:
+    """Put the job workers on the new image once the new servers serve (a running job resumes on a new one).
+
+    Raises:
+        DeployError: compose could not start them (the servers are updated and serve).
+
+    """
+    if workers:
+        # compose recreates the workers whose image or settings changed (warm shutdown first).
+        up = _compose(
+            command,
+            name,
+            compose_file,
+            "up",
+            "-d",
+            "--no-deps",
+            "--scale",
+            f"{WORKER_SERVICE}={workers}",
+            WORKER_SERVICE,
+        )
+        if up.returncode != 0:
+            raise DeployError(f"`compose up` of the job workers failed:\n{(up.stderr or up.stdout).strip()[-2000:]}")
+        return
+    for found in stack_containers(client, name, WORKER_SERVICE):  # workers no longer wanted
+        engine.remove_container(client, found.id, timeout_s=WORKER_STOP_GRACE_S)
 
 
 def stop_compose(settings: Settings, record: DeploymentRecord) -> list[str]:

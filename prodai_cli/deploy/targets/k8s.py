@@ -3,6 +3,12 @@
 The cluster plays the balancer's part: the Service routes to ready pods only, the Deployment's rolling update
 adds a ready pod before it retires one (``maxUnavailable: 0``), and the PodDisruptionBudget keeps a drain from
 evicting the last replica. Pods meet the Pod Security "restricted" profile.
+
+With ``deploy.workers: N`` the server hands its jobs to ``prodai worker`` pods through Celery on the Redis the
+config names (``jobs.redis_url`` or ``redis_url``; the cluster runs it, prodai does not): a worker Deployment,
+a ReadWriteMany PersistentVolumeClaim both mount as the jobs directory, and an HPA that scales the workers
+between ``deploy.workers`` and ``deploy.max_workers`` on the External metric :data:`BACKLOG_METRIC` (jobs
+queued or running, from the servers' ``/metrics`` through prometheus-adapter; docs/jobs.md has its rule).
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ from typing import TYPE_CHECKING
 from prodai_cli.deploy import records
 from prodai_cli.deploy.containers import BuiltImage
 from prodai_cli.deploy.outcome import DeployResult, files_record, write_files
-from prodai_cli.deploy.plan import CONTAINER_PORT, CONTAINER_UID, K8S_KEYS_FILE, DeployPlan
+from prodai_cli.deploy.plan import (
+    CONTAINER_JOBS_DIR,
+    CONTAINER_PORT,
+    CONTAINER_UID,
+    K8S_KEYS_FILE,
+    DeployPlan,
+    worker_environment,
+)
 from prodai_cli.deploy.templates import render
-from prodai_cli.errors import DeployError
+from prodai_cli.errors import ConfigError, DeployError
 
 if TYPE_CHECKING:
     from prodai_cli.config import Settings
@@ -30,6 +43,17 @@ STARTUP_PROBE_PERIOD_S = 5
 # The /tmp emptyDir (HOME and Prometheus' multiprocess files live there): bounded so a runaway writer is evicted
 # instead of filling the node's disk.
 TMP_SIZE = "512Mi"
+# The External metric the worker HPA reads: jobs queued or running (prometheus-adapter's rule in docs/jobs.md).
+# Not queued jobs alone: when the queue empties, that would scale away workers that are still running jobs.
+BACKLOG_METRIC = "prodai_jobs_backlog"
+# Jobs per worker the HPA aims at: one (a worker runs one job at a time).
+JOBS_PER_WORKER = 1
+# A stopped worker's running job gets this long to finish (Celery's warm shutdown); past it the job resumes on
+# another worker after jobs.visibility_timeout_s.
+WORKER_TERMINATION_GRACE_S = 60
+# The HPA removes at most one worker a minute, after five quiet minutes: a burst of short jobs does not churn pods.
+SCALE_DOWN_WINDOW_S = 300
+WORKER_FILES = frozenset({"jobs-pvc.yaml", "worker-deployment.yaml", "worker-hpa.yaml"})
 
 
 def termination_grace_s(settings: Settings) -> int:
@@ -59,7 +83,11 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
     }
     common = {"name": plan.name, "namespace": deploy_config.namespace, "labels": labels}
     config_text = plan.config_text(keys_file=K8S_KEYS_FILE)
-    return {
+    workers = deploy_config.workers
+    if workers:
+        require_worker_redis(plan.settings)
+    jobs_environment = worker_environment() if workers else {}
+    manifests = {
         "deployment.yaml": render(
             "k8s/deployment.yaml.j2",
             **common,
@@ -68,7 +96,8 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
             config_hash=plan.config_hash,
             container_port=CONTAINER_PORT,
             uid=CONTAINER_UID,
-            environment=plan.environment,
+            environment={**jobs_environment, **plan.environment},
+            jobs_dir=CONTAINER_JOBS_DIR if workers else None,
             cpu=deploy_config.cpu,
             memory=deploy_config.memory,
             gpu=plan.gpu,
@@ -88,6 +117,81 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
         ),
         "configmap.yaml": render("k8s/configmap.yaml.j2", **common, config_text=config_text),
         "secret.yaml": render("k8s/secret.yaml.j2", **common, keys_text=plan.keys_text()),
+    }
+    if workers:
+        manifests.update(_worker_manifests(plan, image=image, labels=labels, environment=jobs_environment))
+    return manifests
+
+
+def require_worker_redis(settings: Settings) -> None:
+    """Job workers need a broker the pods reach; the k8s target does not run one (compose does).
+
+    Raises:
+        ConfigError: Neither ``jobs.redis_url`` nor ``redis_url`` is set.
+
+    """
+    config = settings.config
+    if not (config.jobs.redis_url or config.redis_url):
+        raise ConfigError(
+            "deploy.workers needs a Redis the server and worker pods reach (the k8s target runs none)",
+            hint="Set jobs.redis_url in prodai.yaml, e.g. redis://redis.default.svc.cluster.local:6379/1",
+        )
+
+
+def _worker_manifests(
+    plan: DeployPlan, *, image: str, labels: dict[str, str], environment: dict[str, str]
+) -> dict[str, str]:
+    """The worker Deployment, its HPA on the jobs backlog, and the jobs volume it shares with the server."""
+    deploy_config = plan.settings.config.deploy
+    worker_name = f"{plan.name}-worker"
+    # Their own instance label: the server's Service, PDB and Deployment select app.kubernetes.io/instance=NAME
+    # (immutable on a running Deployment), and must never pick up a worker pod.
+    worker_labels = {
+        **labels,
+        "app.kubernetes.io/instance": worker_name,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/part-of": plan.name,
+    }
+    common = {"namespace": deploy_config.namespace}
+    return {
+        "jobs-pvc.yaml": render(
+            "k8s/jobs-pvc.yaml.j2",
+            **common,
+            name=f"{plan.name}-jobs",
+            labels=labels,
+            size=deploy_config.jobs_volume_size,
+            storage_class=deploy_config.jobs_storage_class,
+        ),
+        "worker-deployment.yaml": render(
+            "k8s/worker-deployment.yaml.j2",
+            **common,
+            name=worker_name,
+            server_name=plan.name,
+            labels=worker_labels,
+            replicas=deploy_config.workers,
+            image=image,
+            config_hash=plan.config_hash,
+            uid=CONTAINER_UID,
+            environment={**environment, **plan.environment},
+            jobs_dir=CONTAINER_JOBS_DIR,
+            cpu=deploy_config.cpu,
+            memory=deploy_config.memory,
+            gpu=plan.gpu,
+            termination_grace_s=WORKER_TERMINATION_GRACE_S,
+            tmp_size=TMP_SIZE,
+        ),
+        "worker-hpa.yaml": render(
+            "k8s/worker-hpa.yaml.j2",
+            **common,
+            name=worker_name,
+            server_name=plan.name,
+            labels=worker_labels,
+            min_replicas=deploy_config.workers,
+            max_replicas=max(deploy_config.max_workers, deploy_config.workers),
+            metric=BACKLOG_METRIC,
+            jobs_per_worker=JOBS_PER_WORKER,
+            scale_down_window_s=SCALE_DOWN_WINDOW_S,
+        ),
     }
 
 
@@ -113,7 +217,11 @@ def deploy_k8s(
 ) -> DeployResult:
     """Write the manifests and ``kubectl apply`` them when kubectl has a context."""
     directory = settings.state_dir / "k8s" / plan.name
-    written = write_files(directory, k8s_manifests(plan, image=plan.tag))
+    manifests = k8s_manifests(plan, image=plan.tag)
+    for stale in WORKER_FILES - set(manifests):
+        # Workers switched off: `kubectl apply -f DIR` must not bring them back (nor does it remove them).
+        (directory / stale).unlink(missing_ok=True)
+    written = write_files(directory, manifests)
     context = kubectl_context()
     started = False
     steps = []
@@ -127,6 +235,11 @@ def deploy_k8s(
         steps.append(f"kubectl -n {settings.config.deploy.namespace} rollout status deployment/{plan.name}")
     else:
         steps.append(f"Push {plan.tag} to a registry your cluster pulls from, then: kubectl apply -f {directory}")
+    if settings.config.deploy.workers:
+        steps.append(
+            f"Job workers scale on the External metric {BACKLOG_METRIC}: install prometheus-adapter with the "
+            "rule in docs/jobs.md (without it the HPA keeps deploy.workers pods)"
+        )
     if settings.config.deploy.replicas == 1:
         steps.append(
             "One replica: its PodDisruptionBudget makes a node drain wait until a second pod runs "
