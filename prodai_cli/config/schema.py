@@ -557,7 +557,9 @@ class DeployConfig(Section):
     )
     max_workers: int = Field(8, ge=1, le=1024, description="k8s: most worker pods the autoscaler may run")
     jobs_volume_size: str = Field(
-        "10Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", description="k8s: size of the jobs volume"
+        "10Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+        description="k8s: size of the jobs volume (the claim shared with workers, or each pod's own without them)",
     )
     jobs_storage_class: str | None = Field(
         None,

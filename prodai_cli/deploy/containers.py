@@ -338,6 +338,19 @@ def join_network(client: Any, ref: str, network: str, *, aliases: list[str]) -> 
         raise DeployError(f"Attaching {ref[:12]} to {network} failed: {exc.explanation or first_line(exc)}") from None
 
 
+def remove_volume(client: Any, name: str) -> bool:
+    """Remove the named volume ``name`` (its containers must be gone); False when there was none."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        client.volumes.get(name).remove(force=True)
+    except NotFound:
+        return False
+    except APIError as exc:
+        raise DeployError(f"Removing the volume {name} failed: {exc.explanation or first_line(exc)}") from None
+    return True
+
+
 def remove_network(client: Any, name: str) -> bool:
     """Remove the network ``name`` (disconnecting what is left on it); False when there was none."""
     from docker.errors import APIError, NotFound

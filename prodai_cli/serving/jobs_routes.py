@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,6 +50,8 @@ from prodai_cli.serving.errors import (
 from prodai_cli.serving.middleware import context_of
 from prodai_cli.serving.pipeline import check_content_type, read_body
 from prodai_cli.untrusted import UntrustedInputError, decode, is_blank, loads
+
+logger = logging.getLogger("prodai.serving.jobs")
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -212,6 +215,8 @@ class JobsApi:
             raise TooManyRequests(exc.message, code="job_quota", headers={"Retry-After": "5"}) from None
         except JobError as exc:
             raise ServiceUnavailable(exc.message, code="queue_unavailable") from None
+        except OSError as exc:
+            raise self.storage_error(exc) from None
         ctx.log_fields["job_id"] = record.id
         return record
 
@@ -234,10 +239,14 @@ class JobsApi:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"Upload of {declared} bytes exceeds jobs.max_upload_bytes ({limit})")
-        staging = self.store.staging_file()
+        try:
+            staging = self.store.staging_file()
+            handle = open(staging, "wb")  # noqa: SIM115  # closed by the with below; opening is what may fail
+        except OSError as exc:
+            raise self.storage_error(exc) from None
         size = 0
         try:
-            with open(staging, "wb") as handle:
+            with handle:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
@@ -250,6 +259,18 @@ class JobsApi:
             staging.unlink(missing_ok=True)
             raise InvalidRequest("The uploaded input is empty", code="empty_input")
         return staging
+
+    def storage_error(self, exc: OSError) -> ServiceUnavailable:
+        """A jobs directory that cannot be written, as the 503 it is (the server's setup, not the request).
+
+        Logged once per refusal with the OS error; the client gets the reason and the key to change.
+        """
+        logger.error("jobs directory not writable", extra={"dir": str(self.store.root), "error": str(exc)})
+        return ServiceUnavailable(
+            f"The server cannot write its jobs directory {self.store.root} ({exc.strerror or exc}); "
+            "its operator must set jobs.dir to a writable directory",
+            code="jobs_storage",
+        )
 
     def committed_bytes(self, record: JobRecord, which: str) -> int:
         """How much of the results or errors file is committed (a running job's tail may be torn)."""

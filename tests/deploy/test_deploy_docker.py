@@ -70,10 +70,11 @@ def _server(deployment: dict[str, Any], docker_client: Any) -> Any:
 
 
 def _leftovers(docker_client: Any, name: str) -> list[str]:
-    """Containers and networks of deployment ``name`` the engine still has."""
+    """Containers, networks and volumes of deployment ``name`` the engine still has."""
     containers = docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"})
     networks = [n.name for n in docker_client.networks.list() if n.name == f"{name}-net"]
-    return [c.name for c in containers] + networks
+    volumes = [v.name for v in docker_client.volumes.list() if v.name == f"{name}-jobs"]
+    return [c.name for c in containers] + networks + volumes
 
 
 def _predict(url: str, text: str = "hello world", user: str = "user-1") -> dict[str, Any]:
@@ -123,6 +124,7 @@ def deployment(
         for container in docker_client.containers.list(all=True, filters={"label": f"prodai.deployment={name}"}):
             engine.remove_container(docker_client, container.id, timeout_s=5)
         engine.remove_network(docker_client, f"{name}-net")
+        engine.remove_volume(docker_client, f"{name}-jobs")
         remove_images(docker_client, f"prodai-test-clf:{port}", f"prodai-test-clf2:{port}", f"prodai-test-clf1:{port}")
 
 
@@ -316,6 +318,35 @@ def test_redeploy_that_cannot_load_its_model_keeps_the_old_version_serving(deplo
         assert [s.id for s in servers] == [good["container_id"]]
     finally:
         remove_images(docker_client, broken_tag)
+
+
+def test_the_seed_batch_predict_flow_runs_in_the_replicas_shared_jobs_volume(
+    deployment: Any, docker_client: Any
+) -> None:
+    """The embedded jobs backend needs a writable jobs directory: the replicas share a named volume for it."""
+    from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR
+
+    url = f"http://127.0.0.1:{deployment['port']}"
+    servers = docker_client.containers.list(
+        filters={"label": [f"prodai.deployment={deployment['name']}", "prodai.role=server"]}
+    )
+    assert servers
+    for server in servers:
+        mounts = {m["Destination"]: m for m in server.attrs["Mounts"]}
+        assert mounts[CONTAINER_JOBS_DIR]["Name"] == f"{deployment['name']}-jobs", mounts
+    submitted = httpx.post(f"{url}/batch_predict", json={"texts": ["good", "bad", "fine"]}, timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["task_id"]
+    deadline = time.monotonic() + 180
+    while True:
+        answer = httpx.get(f"{url}/batch_result/{task_id}", timeout=30)
+        assert answer.status_code == 200, answer.text
+        if answer.json()["status"] == "completed" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    result = answer.json()
+    assert result["status"] == "completed", result
+    assert len(result["results"]) == 3 and all(r["label"] in {"NEGATIVE", "POSITIVE"} for r in result["results"])
 
 
 def test_stop_removes_the_container(deployment: Any, docker_client: Any) -> None:

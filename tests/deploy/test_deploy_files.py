@@ -152,6 +152,14 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(ab_plan: Any) -> 
     assert {v["version"] for v in config["ab"]["variants"].values()} == {1, 2}
     secret = yaml.safe_load(yaml.safe_load(manifests["secret.yaml"])["stringData"]["keys.yaml"])
     assert secret["keys"][0]["hash"] == "a" * 64
+    # No workers: the server runs jobs itself, in a writable pod-local directory (the root filesystem is read-only).
+    from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR
+
+    pod = deployment["spec"]["template"]["spec"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["jobs"] == CONTAINER_JOBS_DIR
+    assert {v["name"]: v for v in pod["volumes"]}["jobs"] == {"name": "jobs", "emptyDir": {"sizeLimit": "10Gi"}}
+    assert {e["name"]: e.get("value") for e in container["env"]}["PRODAI_JOBS__DIR"] == CONTAINER_JOBS_DIR
     ab_plan.variant = "cuda"
     gpu = yaml.safe_load(k8s.k8s_manifests(ab_plan, image="img:1")["deployment.yaml"])
     kubernetes_validate.validate(gpu, K8S_VERSION, strict=True)
@@ -237,18 +245,20 @@ def _drop(document: dict[str, Any], path: str) -> None:
 def test_k8s_pod_meets_the_restricted_pod_security_profile_with_no_cluster(ab_plan: Any) -> None:
     pod = _pod(ab_plan)
     assert restricted_violations(pod) == []
-    # Beyond the profile: no API token in the pod, nothing written outside the bounded /tmp emptyDir.
+    # Beyond the profile: no API token in the pod, nothing written outside the bounded emptyDirs (/tmp, jobs).
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-    assert writable == {"/tmp"}  # HOME=/tmp in the image; the server writes nowhere else
+    # HOME=/tmp in the image; the jobs directory for the jobs the server runs itself; nowhere else.
+    assert writable == {"/tmp", "/var/lib/prodai/jobs"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tmp"]["emptyDir"]["sizeLimit"] == k8s.TMP_SIZE
+    assert volumes["jobs"]["emptyDir"]["sizeLimit"]
     assert volumes["keys"]["secret"]["defaultMode"] == 0o440  # key hashes: owner and fsGroup only
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]  # ...which is the server's
-    assert {v["name"] for v in pod["volumes"]} == {"config", "keys", "tmp"}
+    assert {v["name"] for v in pod["volumes"]} == {"config", "keys", "tmp", "jobs"}
     assert pod["securityContext"]["runAsUser"] != 0
 
 

@@ -263,3 +263,35 @@ def test_the_jobs_cli_submits_waits_and_writes_results_and_explains_refusals(job
     assert missing.exit_code == 1 and "404" in missing.stderr
     usage = run_cli("jobs", "submit", str(source), "-o", str(out), cwd=tmp_path, env=env)
     assert usage.exit_code == 2 and "--wait" in usage.stderr
+
+
+def test_a_jobs_directory_that_cannot_be_written_is_a_503_naming_jobs_dir_not_a_500(
+    registered_project: Path, tmp_path: Path, kit: Any
+) -> None:
+    """As a container whose jobs directory sits on a read-only or missing path: the server's setup, told as such."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    config = kit.BASE_CONFIG + (
+        f"auth:\n  enabled: false\nrate_limit:\n  enabled: false\njobs:\n  dir: {json.dumps(str(blocker / 'jobs'))}\n"
+    )
+    root = kit.make_project(registered_project, tmp_path / "proj", config)
+    server = kit.Server(root, "--model", "clf@production")
+    kit.start_all(server)
+    try:
+        for answer in (
+            httpx.post(f"{server.url}/batch_predict", json={"texts": ["a", "b"]}, timeout=60),
+            httpx.post(
+                f"{server.url}/v1/jobs?model=clf@production",
+                content=b'{"id": 1, "text": "a"}\n',
+                headers={"Content-Type": "application/x-ndjson"},
+                timeout=60,
+            ),
+        ):
+            assert answer.status_code == 503, answer.text
+            error = answer.json()
+            assert error["code"] == "jobs_storage" and "jobs.dir" in error["detail"], error
+            assert str(blocker / "jobs") in error["detail"]
+        # The rest of the server is unaffected.
+        assert httpx.post(f"{server.url}/predict", json={"text": "still here"}, timeout=60).status_code == 200
+    finally:
+        server.stop()

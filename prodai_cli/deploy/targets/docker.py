@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from prodai_cli.deploy import balancer, readiness, records, secrets
 from prodai_cli.deploy import containers as engine
 from prodai_cli.deploy.outcome import DeployResult, Progress, display_host, record_or_error
-from prodai_cli.deploy.plan import CONTAINER_PORT, DeployPlan
+from prodai_cli.deploy.plan import CONTAINER_JOBS_DIR, CONTAINER_PORT, DeployPlan
 from prodai_cli.deploy.records import DeploymentRecord
 from prodai_cli.errors import DeployError
 
@@ -93,10 +93,22 @@ def network_name(name: str) -> str:
     return f"{name}-net"
 
 
+def jobs_volume_name(name: str) -> str:
+    """The named volume every server replica of deployment ``name`` keeps its jobs in."""
+    return f"{name}-jobs"
+
+
 def server_spec(settings: Settings, plan: DeployPlan, image: engine.BuiltImage) -> engine.RunSpec:
-    """What a server replica of ``plan`` runs (image, env, mounts, user); placement is added at start."""
+    """What a server replica of ``plan`` runs (image, env, mounts, user); placement is added at start.
+
+    The replicas run jobs themselves (the embedded backend) in one named volume they all mount, so a job
+    accepted by one replica is answered for by any other behind the balancer, and survives a redeploy; a new
+    volume takes the owner of the image's directory it covers, the image's non-root user.
+    """
     deploy_config = settings.config.deploy
     mounts, environment, user = config_mounts(settings)
+    mounts = [*mounts, {"type": "volume", "source": jobs_volume_name(plan.name), "target": CONTAINER_JOBS_DIR}]
+    environment = {"PRODAI_JOBS__DIR": CONTAINER_JOBS_DIR, **environment}
     return engine.RunSpec(
         name=plan.name,
         image=image.id,
@@ -241,6 +253,7 @@ def roll_out(
             # Nothing ran before: leave nothing behind either.
             engine.remove_container(client, balancer_name(name), timeout_s=5)
             engine.remove_network(client, network)
+            engine.remove_volume(client, jobs_volume_name(name))
         raise
     drain_s = int(settings.config.serving.drain_delay_s + settings.config.serving.grace_period_s + 5)
     for container in old:
@@ -511,3 +524,4 @@ def stop(settings: Settings, record: DeploymentRecord) -> None:
     if legacy is not None:
         engine.remove_container(client, legacy.id, timeout_s=drain_s)
     engine.remove_network(client, record.network or network_name(record.name))
+    engine.remove_volume(client, jobs_volume_name(record.name))

@@ -86,7 +86,9 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
     workers = deploy_config.workers
     if workers:
         require_worker_redis(plan.settings)
-    jobs_environment = worker_environment() if workers else {}
+    # Without workers the server runs jobs itself (the embedded backend): its jobs directory is a pod-local
+    # emptyDir, since the root filesystem is read-only. With workers it is the claim they share.
+    jobs_environment = worker_environment() if workers else {"PRODAI_JOBS__DIR": CONTAINER_JOBS_DIR}
     manifests = {
         "deployment.yaml": render(
             "k8s/deployment.yaml.j2",
@@ -97,7 +99,9 @@ def k8s_manifests(plan: DeployPlan, *, image: str) -> dict[str, str]:
             container_port=CONTAINER_PORT,
             uid=CONTAINER_UID,
             environment={**jobs_environment, **plan.environment},
-            jobs_dir=CONTAINER_JOBS_DIR if workers else None,
+            jobs_dir=CONTAINER_JOBS_DIR,
+            jobs_shared=bool(workers),
+            jobs_size=deploy_config.jobs_volume_size,
             cpu=deploy_config.cpu,
             memory=deploy_config.memory,
             gpu=plan.gpu,
