@@ -8,7 +8,8 @@ Tree::
     ProdaiError                exit 1  anything prodai reports on purpose
     ├── UsageError             exit 2  bad arguments or options
     │   ├── ConfigError        exit 2  prodai.yaml missing, malformed or invalid (names key and line)
-    │   └── ResumeRefusedError exit 2  an existing batch output belongs to another input, model or settings
+    │   ├── ResumeRefusedError exit 2  an existing batch output belongs to another input, model or settings
+    │   └── MissingExtraError  exit 2  a library an optional part needs is not installed (names the extra)
     ├── RegistryError          exit 1  the model registry refused or failed an operation
     │   ├── ModelNotFoundError exit 1  unknown model, version or alias
     │   ├── InvalidModelError  exit 1  a directory that is not a loadable transformers model
@@ -119,6 +120,19 @@ class DeployError(ProdaiError):
 
 class ResumeRefusedError(UsageError):
     """An existing output belongs to a different input, model version or settings."""
+
+
+class MissingExtraError(UsageError):
+    """A library that an optional part of prodai needs is not installed; the hint names the extra to install.
+
+    Attributes:
+        extra: The ``prodai[EXTRA]`` that brings the library (``torch``, ``onnx``, ...).
+
+    """
+
+    def __init__(self, message: str, *, extra: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or f"pip install 'prodai[{extra}]'")
+        self.extra = extra
 
 
 class ErrorRateExceededError(ThresholdError):

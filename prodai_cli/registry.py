@@ -32,6 +32,7 @@ from prodai_cli.errors import (
     UsageError,
     first_line,
 )
+from prodai_cli.extras import require_torch
 from prodai_cli.refs import ModelRef, parse_model_ref
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ def validate_model_dir(model_dir: Path, task: str) -> Any:
             f"{model_dir} has no tokenizer files (one of {', '.join(sorted(TOKENIZER_FILES))})",
             hint="Save the tokenizer beside the model: tokenizer.save_pretrained(DIR)",
         )
+    # Checking means loading the model and one forward pass: torch's job (a torch-free install cannot).
+    require_torch("Registering a model directory (it is loaded and checked with one forward pass)")
     quiet_offline_env()
     import transformers
 

@@ -259,3 +259,29 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+
+def site_packages_without_torch(target: Path) -> Path:
+    """A copy of this venv's site-packages made of links to everything but torch (and functorch, torchgen, nvidia).
+
+    Run with :func:`run_without_torch`: to Python and to transformers' probes torch is simply absent, as in an
+    install without the torch extra.
+    """
+    import torch
+
+    site = Path(torch.__file__).resolve().parents[1]
+    target.mkdir()
+    for entry in site.iterdir():
+        if entry.name.lower().startswith(("torch", "functorch", "nvidia")):
+            continue
+        (target / entry.name).symlink_to(entry)
+    return target
+
+
+def run_without_torch(site: Path, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -S ARGS`` over ``site`` (from :func:`site_packages_without_torch`) and this tree's prodai_cli."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRODAI_", "PYTHON"))}
+    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{site}"
+    return subprocess.run(
+        [sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

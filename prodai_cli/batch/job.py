@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.batch.reader import BadLine, LineLimits, Record, default_output_path, read_records
+from prodai_cli.extras import installed
 
 if TYPE_CHECKING:
     from prodai_cli.batch.writer import ResumableWriter
@@ -154,8 +155,11 @@ def pinned_model(job: BatchJob, model: dict[str, Any]) -> str:
 
 
 def set_threads(threads: int | None) -> None:
-    """Pin torch's CPU threads for this process (None keeps torch's default of one per core)."""
-    if threads:
+    """Pin torch's CPU threads for this process (None keeps torch's default of one per core).
+
+    Without torch (an install that runs ONNX versions only) there is nothing to pin: ONNX Runtime keeps its pool.
+    """
+    if threads and installed("torch"):
         import torch
 
         torch.set_num_threads(threads)

@@ -31,7 +31,7 @@ from prodai_cli.deploy.plan import (
     runs_celery,
 )
 from prodai_cli.deploy.templates import render
-from prodai_cli.deploy.wheelhouse import Wheelhouse, build_prodai_wheel, build_wheelhouse
+from prodai_cli.deploy.wheelhouse import Wheelhouse, build_prodai_wheel, build_wheelhouse, image_packages
 
 CONFIG_FILE = "prodai.yaml"
 Progress = Callable[[str], None]
@@ -100,14 +100,18 @@ def assemble(plan: DeployPlan, *, progress: Progress | None = None) -> BuildCont
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    say(f"Preparing the wheelhouse ({plan.variant} torch, Python {IMAGE_PYTHON})")
-    wheelhouse = build_wheelhouse(
-        plan.variant, progress=progress, python_version=IMAGE_PYTHON, jobs=runs_celery(plan.settings)
-    )
+    onnx = "onnx" in plan.backends
+    jobs = runs_celery(plan.settings)
+    if plan.variant == "onnx":
+        runtime = "onnxruntime, no torch"
+    else:
+        runtime = f"{plan.variant} torch" + (" + onnxruntime" if onnx else "")
+    say(f"Preparing the wheelhouse ({runtime}{', Celery' if jobs else ''}, Python {IMAGE_PYTHON})")
+    wheelhouse = build_wheelhouse(plan.variant, onnx=onnx, progress=progress, python_version=IMAGE_PYTHON, jobs=jobs)
     for wheel in sorted(wheelhouse.directory.glob("*.whl")):
         _link_or_copy(wheel, directory / "wheelhouse" / wheel.name)
     (directory / "requirements.txt").write_text(wheelhouse.requirements, encoding="utf-8")
-    prodai_wheel = build_prodai_wheel(directory / "dist")
+    prodai_wheel = build_prodai_wheel(directory / "dist", image_packages(plan.variant, onnx=onnx))
     models_bytes = 0
     for model in plan.models:
         say(f"Baking {model.name} version {model.version}")
@@ -123,6 +127,7 @@ def assemble(plan: DeployPlan, *, progress: Progress | None = None) -> BuildCont
         "model": plan.model,
         "versions": plan.versions,
         "variant": plan.variant,
+        "backends": plan.backends,
         "base_image": plan.base_image,
         "labels": labels,
         "wheelhouse": str(wheelhouse.directory),

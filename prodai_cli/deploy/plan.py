@@ -29,7 +29,9 @@ K8S_KEYS_FILE = "/etc/prodai/keys/keys.yaml"
 # image creates it owned by the container's user, so a fresh Docker volume mounted there gets that owner.
 CONTAINER_JOBS_DIR = "/var/lib/prodai/jobs"
 
-Variant = Literal["cpu", "cuda"]
+# cpu and cuda: torch's CPU or CUDA build (plus onnxruntime when an ONNX version is among the baked ones);
+# onnx: every baked version is an ONNX export, so the image holds onnxruntime and no torch at all.
+Variant = Literal["cpu", "cuda", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class BakedModel:
         task: The task tag of the version.
         source: Its files on this machine (the registry's local cache).
         relative_dir: Where it goes under ``.prodai/models/`` (the same layout the registry's cache uses).
+        backend: The runtime backend its files are for (``torch`` or ``onnx``).
 
     """
 
@@ -50,6 +53,7 @@ class BakedModel:
     task: str | None
     source: Path
     relative_dir: str
+    backend: str = "torch"
 
 
 @dataclass
@@ -72,6 +76,11 @@ class DeployPlan:
     def gpu(self) -> bool:
         """True for the CUDA variant."""
         return self.variant == "cuda"
+
+    @property
+    def backends(self) -> list[str]:
+        """The runtime backends of the baked versions, sorted (the image installs what they need)."""
+        return sorted({m.backend for m in self.models})
 
     @property
     def versions(self) -> list[int]:
@@ -137,11 +146,12 @@ def plan_deployment(
         model_ref: Serve this one model (``NAME``, ``NAME@ALIAS``, ``NAME/VERSION``) instead of the config's.
         tag: Image tag; default ``deploy.tag`` or ``prodai-<model>:<versions>[-cuda]``.
         name: Deployment name; default ``deploy.name`` or ``prodai-<model>``.
-        gpu: CUDA variant; default ``deploy.gpu``.
+        gpu: CUDA variant; default ``deploy.gpu``. When every baked version is an ONNX export and no GPU is
+            asked for, the ``onnx`` variant: an image without torch.
         base_image: Base image; default ``deploy.base_image``.
 
     Raises:
-        UsageError: No model is configured, or an A/B variant cannot be baked.
+        UsageError: No model is configured, an A/B variant cannot be baked, or a GPU is asked for an ONNX version.
         ModelNotFoundError: A reference names an unknown model, version or alias.
 
     """
@@ -187,7 +197,7 @@ def plan_deployment(
     models_root = settings.state_dir / "models"
     models = [_baked(registry.resolve(ref), models_root) for ref in refs]
     version = variants[primary] if use_ab else models[0].version
-    variant: Variant = "cuda" if (config.deploy.gpu if gpu is None else gpu) else "cpu"
+    variant = image_variant(models, config.deploy.gpu if gpu is None else gpu)
     default_tag = f"prodai-{docker_name(model_name)}:{'-'.join(str(m.version) for m in models)}"
     image_tag = tag or config.deploy.tag or (default_tag + ("-cuda" if variant == "cuda" else ""))
     _check_tag(image_tag)
@@ -208,7 +218,28 @@ def plan_deployment(
     )
 
 
+def image_variant(models: list[BakedModel], gpu: bool) -> Variant:
+    """The image variant for these versions: ``onnx`` (no torch) when all are ONNX exports, else cpu or cuda.
+
+    Raises:
+        UsageError: A GPU is asked for and an ONNX version is among them (ONNX versions run on the CPU).
+
+    """
+    onnx = [f"{m.name}/{m.version}" for m in models if m.backend == "onnx"]
+    if gpu and onnx:
+        what = "is an ONNX version, which runs" if len(onnx) == 1 else "are ONNX versions, which run"
+        raise UsageError(
+            f"{', '.join(onnx)} {what} on the CPU only: a GPU image cannot serve {'it' if len(onnx) == 1 else 'them'}",
+            hint="Deploy with --cpu, or deploy the torch version on the GPU",
+        )
+    if gpu:
+        return "cuda"
+    return "onnx" if onnx and len(onnx) == len(models) else "cpu"
+
+
 def _baked(resolved: ResolvedModel, models_root: Path) -> BakedModel:
+    from prodai_cli.runtime.model import detect_backend
+
     try:
         relative = resolved.path.resolve().relative_to(models_root.resolve())
     except ValueError:
@@ -219,6 +250,7 @@ def _baked(resolved: ResolvedModel, models_root: Path) -> BakedModel:
         task=resolved.info.task,
         source=resolved.path,
         relative_dir=relative.as_posix(),
+        backend=detect_backend(resolved.model_dir),
     )
 
 

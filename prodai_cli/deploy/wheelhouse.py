@@ -5,6 +5,9 @@ are chosen for the image's platform and Python (``pip download --platform ... --
 the result is cached per requirement set under ``$PRODAI_CACHE_DIR`` (default ``~/.cache/prodai``).
 prodai itself goes in as a wheel built from the installed package, installed with ``--no-deps``: the server
 needs none of the registry's heavy dependencies (mlflow).
+
+The ``onnx`` variant (every baked version an ONNX export) installs onnxruntime and no torch: transformers
+runs without it (tokenizer and config), and nothing on the server's path of an ONNX version imports it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from pathlib import Path
 
 from prodai_cli.errors import DeployError
 
-# What the server imports at run time, and nothing else (no mlflow, jinja2, docker, locust).
-RUNTIME_PACKAGES = (
-    "torch",
+# What the server imports at run time, and nothing else (no mlflow, jinja2, docker, locust); torch and
+# onnxruntime are added per variant (runtime_requirements).
+SERVER_PACKAGES = (
     "transformers",
     "tokenizers",
     "safetensors",
@@ -50,6 +53,8 @@ RUNTIME_PACKAGES = (
 # Added when the deployment runs job workers (`prodai worker`, and the server's Celery producer): Celery with
 # its Redis transport. Its own dependencies (kombu, billiard, click...) come through the constraints.
 JOBS_PACKAGES = ("celery", "redis")
+# The server of a torch image (the default and the names a prodai wheel of the cpu/cuda variants requires).
+RUNTIME_PACKAGES = ("torch", *SERVER_PACKAGES)
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 ENV_CACHE_DIR = "PRODAI_CACHE_DIR"
 WHEELHOUSE_FORMAT = "2"  # bump when what a wheelhouse holds changes, so old caches are not reused
@@ -119,17 +124,34 @@ def torch_requirement(variant: str) -> tuple[str, list[str]]:
     return (f"torch=={base}", [])
 
 
-def runtime_requirements(variant: str, *, jobs: bool = False) -> tuple[str, list[str]]:
+def image_packages(variant: str, *, onnx: bool = False, jobs: bool = False) -> tuple[str, ...]:
+    """The distributions the image needs: :data:`SERVER_PACKAGES`, torch, onnxruntime, Celery as needed.
+
+    torch unless the variant is ``onnx``; onnxruntime for that variant and when ``onnx`` (an ONNX version is
+    baked into a torch image); :data:`JOBS_PACKAGES` when ``jobs`` (the image runs job workers).
+    """
+    packages = SERVER_PACKAGES if variant == "onnx" else RUNTIME_PACKAGES
+    if onnx or variant == "onnx":
+        packages = (*packages, "onnxruntime")
+    return (*packages, *JOBS_PACKAGES) if jobs else packages
+
+
+def runtime_requirements(variant: str, *, onnx: bool = False, jobs: bool = False) -> tuple[str, list[str]]:
     """The requirements file of the image (pinned to this machine's versions) and extra indexes.
 
     Args:
-        variant: ``cpu`` or ``cuda``.
+        variant: ``cpu`` or ``cuda`` (torch's build), or ``onnx`` (no torch).
+        onnx: Add onnxruntime (an ONNX version is baked into a torch image).
         jobs: Add Celery and redis-py (the image runs job workers).
 
     """
-    torch_line, indexes = torch_requirement(variant)
-    lines = [torch_line]
-    for name in (*RUNTIME_PACKAGES[1:], *(JOBS_PACKAGES if jobs else ())):
+    lines: list[str] = []
+    indexes: list[str] = []
+    for name in image_packages(variant, onnx=onnx, jobs=jobs):
+        if name == "torch":
+            torch_line, indexes = torch_requirement(variant)
+            lines.append(torch_line)
+            continue
         version = _installed(name)
         lines.append(f"{name}=={version}" if version else name)
     return "\n".join(lines) + "\n", indexes
@@ -148,12 +170,18 @@ def _constraints(exclude: set[str]) -> str:
 
 
 def build_wheelhouse(
-    variant: str, *, progress: Progress | None = None, python_version: str = "3.11", jobs: bool = False
+    variant: str,
+    *,
+    onnx: bool = False,
+    progress: Progress | None = None,
+    python_version: str = "3.11",
+    jobs: bool = False,
 ) -> Wheelhouse:
     """Download the runtime wheels for the image (cached: a second call with the same pins is free).
 
     Args:
-        variant: ``cpu`` or ``cuda`` (which torch build).
+        variant: ``cpu`` or ``cuda`` (which torch build), or ``onnx`` (no torch).
+        onnx: Add onnxruntime to a torch image (an ONNX version is among the baked ones).
         progress: Called with each line pip prints.
         python_version: The image's Python, ``MAJOR.MINOR``.
         jobs: Add Celery and redis-py (the image runs job workers).
@@ -162,7 +190,7 @@ def build_wheelhouse(
         DeployError: pip could not download a wheel (its last lines are in the message).
 
     """
-    requirements, indexes = runtime_requirements(variant, jobs=jobs)
+    requirements, indexes = runtime_requirements(variant, onnx=onnx, jobs=jobs)
     constraints = _constraints({"prodai", "torch"})
     platforms = image_platforms()
     abi = "cp" + python_version.replace(".", "")
@@ -292,12 +320,12 @@ def _run_pip(command: list[str], progress: Progress | None) -> None:
 # ------------------------------------------------------------------------------------------- prodai wheel
 
 
-def build_prodai_wheel(directory: Path) -> Path:
+def build_prodai_wheel(directory: Path, requires: tuple[str, ...] = RUNTIME_PACKAGES) -> Path:
     """Write a wheel of the installed prodai package into ``directory`` (no build backend, no source tree).
 
     Works the same whether prodai was installed from a wheel or in editable mode: it packs the files of
     the imported ``prodai_cli`` package (templates included), with fixed timestamps so unchanged code
-    makes a byte-identical wheel.
+    makes a byte-identical wheel. ``requires`` are its ``Requires-Dist`` names (what the image installs).
 
     Returns:
         The wheel's path.
@@ -315,11 +343,12 @@ def build_prodai_wheel(directory: Path) -> Path:
         if path.is_dir() or "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
             continue
         entries.append((f"prodai_cli/{path.relative_to(package_dir).as_posix()}", path.read_bytes()))
-    requires = "".join(f"Requires-Dist: {name}\n" for name in RUNTIME_PACKAGES)
+    requires_dist = "".join(f"Requires-Dist: {name}\n" for name in requires)
+    header = f"Metadata-Version: 2.1\nName: prodai\nVersion: {version}\nRequires-Python: >=3.11\n"
     entries.append(
         (
             f"{dist_info}/METADATA",
-            f"Metadata-Version: 2.1\nName: prodai\nVersion: {version}\nRequires-Python: >=3.11\n{requires}".encode(),
+            (header + requires_dist).encode(),
         )
     )
     entries.append(

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from prodai_cli.errors import UsageError
+from prodai_cli.extras import installed, require_torch
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(?::(\d+))?)$")
@@ -34,6 +35,10 @@ def resolve_device(device: str = "auto") -> str:
     name = match.group(1)
     if name == "cpu" or (name == "auto" and not accelerator_possible()):
         return "cpu"  # without importing torch or probing CUDA (over a second on a CPU-only machine)
+    if not installed("torch"):
+        if name == "auto":
+            return "cpu"  # a torch-free install runs ONNX versions, on the CPU, whatever GPU the machine has
+        require_torch(f"Device {device}")
     import torch
 
     cuda = torch.cuda.is_available()

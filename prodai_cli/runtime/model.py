@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodai_cli.errors import InvalidModelError, UsageError, first_line
+from prodai_cli.extras import require_torch
 from prodai_cli.runtime.batching import plan_batches
 from prodai_cli.runtime.device import check_precision, resolve_device, torch_dtype
 
@@ -495,6 +496,11 @@ def load_runtime(
         if loader is None:
             raise InvalidModelError(f"{located.model_dir}: no loader for backend {located.backend!r}")
         return loader(located, chosen_task, device=device, precision=precision, max_length=max_length)
+    name = located.name if located.version == "local" else f"{located.name}/{located.version}"
+    require_torch(
+        f"{name} is a torch version: running it",
+        hint="pip install 'prodai[torch]', or serve its ONNX export (prodai export REF --to onnx, where torch is)",
+    )
     quiet_offline_env()
     import transformers
 

@@ -10,36 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_without_torch, site_packages_without_torch
 
-import prodai_cli
 from prodai_cli.config import load_settings
 from prodai_cli.runtime import load_runtime
-
-REPO_ROOT = Path(prodai_cli.__file__).resolve().parents[1]
-
-
-def site_packages_without_torch(target: Path) -> Path:
-    import torch
-
-    site = Path(torch.__file__).resolve().parents[1]
-    target.mkdir()
-    for entry in site.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("torch", "functorch", "nvidia")):
-            continue
-        (target / entry.name).symlink_to(entry)
-    return target
-
-
-def run_without_torch(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRODAI_", "PYTHON"))}
-    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{site}"
-    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_an_onnx_version_predicts_and_batches_without_torch_installed(onnx_project: Path, tmp_path: Path) -> None:
