@@ -25,6 +25,8 @@ from prodai_cli.errors import DeployError
 
 LISTEN_PORT = 8080
 STATS_PORT = 8404
+# Server slots of the unchecked last-resort copy of the replicas (haproxy.cfg.j2): left out of replica states.
+LAST_RESORT_PREFIX = "lastresort"
 BACKEND_ALIAS = "server"
 IMAGE_REPOSITORY = "prodai-balancer"
 CONFIG_ENV = "PRODAI_HAPROXY_CFG"
@@ -116,6 +118,7 @@ def config_text(
         check_timeout_s=int(check_timeout_s),
         listen_port=LISTEN_PORT,
         stats_port=STATS_PORT,
+        last_resort_prefix=LAST_RESORT_PREFIX,
     )
 
 
@@ -155,8 +158,9 @@ def replica_states(stats_url: str, *, timeout_s: float = 2.0) -> list[ReplicaSta
     text = response.text.lstrip("# ")
     out = []
     for row in csv.DictReader(io.StringIO(text)):
-        if row.get("pxname") != "servers" or row.get("svname") in {"FRONTEND", "BACKEND"}:
-            continue
+        name = row.get("svname") or ""
+        if row.get("pxname") != "servers" or name in {"FRONTEND", "BACKEND"} or name.startswith(LAST_RESORT_PREFIX):
+            continue  # the last-resort slots are the same replicas again, unchecked: not a replica's state
         address = row.get("addr") or ""
         if not address or address.startswith("0.0.0.0") or row.get("status") == "MAINT (resolution)":
             continue
