@@ -263,12 +263,12 @@ class JobsApi:
     def storage_error(self, exc: OSError) -> ServiceUnavailable:
         """A jobs directory that cannot be written, as the 503 it is (the server's setup, not the request).
 
-        Logged once per refusal with the OS error; the client gets the reason and the key to change.
+        The directory and the OS error go to the server's log only (a client learns no server path); the
+        client gets the reason and the key its operator must change.
         """
         logger.error("jobs directory not writable", extra={"dir": str(self.store.root), "error": str(exc)})
         return ServiceUnavailable(
-            f"The server cannot write its jobs directory {self.store.root} ({exc.strerror or exc}); "
-            "its operator must set jobs.dir to a writable directory",
+            "The server cannot write its jobs directory; its operator must set jobs.dir to a writable directory",
             code="jobs_storage",
         )
 
