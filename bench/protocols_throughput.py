@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import struct
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_throughput import _free_port, _wait, build_model, make_texts
+from serve_throughput import _free_port, _wait, bench_env, build_model, make_texts, stop_servers
 from serve_throughput import summarize as _summarize
 
 TARGET_RATIO = 0.9
@@ -199,11 +198,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.levels.split(",")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    env["PRODAI_SERVING__DRAIN_DELAY_S"] = "0"
-    for section in ("AUTH", "RATE_LIMIT", "CACHE"):
-        env[f"PRODAI_{section}__ENABLED"] = "false"
+    env = bench_env(open_server=True)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="prodai-bench-protocols-") as tmp:
         work = Path(tmp)
@@ -247,15 +242,7 @@ def main(args: argparse.Namespace) -> int:
                             file=sys.stderr,
                         )
         finally:
-            for _, proc, _ in servers.values():
-                proc.send_signal(signal.SIGTERM)
-            for _, proc, _ in servers.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for log in logs:
-                log.close()
+            stop_servers([proc for _, proc, _ in servers.values()], logs)
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     return report(rows)
 

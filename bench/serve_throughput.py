@@ -190,6 +190,34 @@ def run_loadgen(port: int, concurrency: int, duration: float, warmup: float) -> 
 # ------------------------------------------------------------------------------------------ orchestration
 
 
+def bench_env(*, open_server: bool = False) -> dict[str, str]:
+    """The environment of a bench's ``prodai serve``: offline hub, no inherited ``PRODAI_*`` settings.
+
+    ``open_server``: keys, rate limits and the cache off and no drain delay (the protocol and backend benches
+    measure the pipeline, not its guards).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if open_server:
+        env["PRODAI_SERVING__DRAIN_DELAY_S"] = "0"
+        for section in ("AUTH", "RATE_LIMIT", "CACHE"):
+            env[f"PRODAI_{section}__ENABLED"] = "false"
+    return env
+
+
+def stop_servers(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
+    """SIGTERM every server, wait up to 30 s each (then kill), close their log files."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for log in logs:
+        log.close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -339,15 +367,7 @@ def main(args: argparse.Namespace) -> int:
                 )
                 rows.append(row)
         finally:
-            for proc in (prodai, baseline):
-                proc.send_signal(signal.SIGTERM)
-            for proc in (prodai, baseline):
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for log in logs:
-                log.close()
+            stop_servers([prodai, baseline], logs)
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     return report(rows)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serve_throughput import _free_port, _measure, _wait, build_model
+from serve_throughput import _free_port, _measure, _wait, bench_env, build_model, stop_servers
 from serve_throughput import summarize as _summarize
 
 TARGET_P99_RATIO = 1.10
@@ -64,8 +63,7 @@ def shadow_totals(port: int) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODAI_")}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env = bench_env()
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="prodai-bench-shadow-") as tmp:
         work = Path(tmp)
@@ -102,15 +100,7 @@ def main(args: argparse.Namespace) -> int:
             for name, (port, _) in servers.items():
                 rows[name] = {**summarize(runs[name]), **shadow_totals(port)}
         finally:
-            for _, proc in servers.values():
-                proc.send_signal(signal.SIGTERM)
-            for _, proc in servers.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for log in logs:
-                log.close()
+            stop_servers([proc for _, proc in servers.values()], logs)
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     return report(rows, args.clients)
 
