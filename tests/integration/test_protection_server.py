@@ -59,6 +59,26 @@ def redis_keys(redis: RedisServer, prefix: str) -> list[bytes]:
     return list(redis.client().scan_iter(match=f"{prefix}*", count=1000))
 
 
+def settled_count(redis: RedisServer, prefix: str, kit: Any, quiet_s: float = 0.3) -> int:
+    """The number of keys under ``prefix`` once no new one has arrived for ``quiet_s``.
+
+    Cache stores are background writes, so an earlier test's may still land after this one starts
+    (a CI run counted five of them as this test's): counting from a settled store keeps each test's
+    count its own.
+    """
+    seen = {"count": -1, "since": time.monotonic()}
+
+    def quiet() -> tuple[int] | None:  # a tuple: a count of 0 is an answer, not "not yet"
+        count = len(redis_keys(redis, prefix))
+        if count != seen["count"]:
+            seen["count"], seen["since"] = count, time.monotonic()
+            return None
+        return (count,) if time.monotonic() - seen["since"] >= quiet_s else None
+
+    (count,) = kit.wait_until(quiet, timeout=10, interval=0.02, what=f"no new {prefix}* key for {quiet_s} s")
+    return int(count)
+
+
 # --------------------------------------------------------------------------------------------- one guarded server
 
 
@@ -162,6 +182,7 @@ def test_a_limit_shared_by_two_server_processes_holds_across_them(guarded: Any, 
 
 def test_every_limiter_and_cache_key_in_redis_has_a_ttl(guarded: Any, kit: Any, module_redis: RedisServer) -> None:
     good = {"X-API-Key": guarded.keys["ttl"]}
+    cache_before = settled_count(module_redis, "prodai:cache:", kit)
     calls = [kit.Call({"text": f"ttl {i}"}, good) for i in range(5)]
     calls += [kit.Call({"text": "ttl"}, {"X-API-Key": generate_key()}) for _ in range(3)]  # auth failures
     answers = kit.send_all(guarded.port, calls)
@@ -169,10 +190,11 @@ def test_every_limiter_and_cache_key_in_redis_has_a_ttl(guarded: Any, kit: Any, 
     client = module_redis.client()
     limiter_keys = redis_keys(module_redis, "prodai:rl:")
 
-    # Cache stores are background writes (they ride along with a later round trip, or go within 20 ms).
+    # Cache stores are background writes (they ride along with a later round trip, or go within 20 ms):
+    # wait for this test's own five, not for any five.
     def five_cache_entries() -> list[bytes] | None:
         found = redis_keys(module_redis, "prodai:cache:")
-        return found if len(found) >= 5 else None
+        return found if len(found) >= cache_before + 5 else None
 
     cache_keys = kit.wait_until(five_cache_entries, timeout=5, interval=0.02, what="5 cache entries in Redis")
     rules = {key.decode().split(":")[2] for key in limiter_keys}
@@ -191,7 +213,7 @@ def test_equal_inputs_share_a_cache_entry_and_another_version_does_not(
     key = {"X-API-Key": guarded.keys["cache"]}
     on_v1 = {**key, "X-User-ID": user_for("v1")}
     on_v2 = {**key, "X-User-ID": user_for("v2")}
-    entries_before = len(redis_keys(module_redis, "prodai:cache:"))
+    entries_before = settled_count(module_redis, "prodai:cache:", kit)
     bodies = [
         b'{"text":"caf\\u00e9 au lait"}',  # escaped
         '{ "text" :  "café au lait" }'.encode(),  # other whitespace, literal UTF-8
