@@ -360,15 +360,16 @@ def whole_process_bench(args: argparse.Namespace) -> None:
         _prodai(project, "register", str(clf_dir), "--name", "clf", "--alias", "production")
         _prodai(project, "register", str(minilm), "--name", "emb", "--task", "embedding", "--alias", "production")
         print(f"registered clf@production and emb@production in {time.perf_counter() - start:.1f}s")
-        # A first short job per model calibrates and remembers the budget (.prodai/calibration.json), as the
-        # first job on a machine does; the timed jobs below are the repeat jobs users run most.
+        # A first short job per model calibrates and remembers the budget (.prodai/calibration.json) and
+        # stores a checked trace of the model (.prodai/traces), as the first job on a machine does; the timed
+        # jobs below are the repeat jobs users run most.
         warm = _write_jsonl(project / "warm.jsonl", make_texts(300, args.seed + 1))
         for model in ("clf@production", "emb@production"):
             wall, data = _prodai(project, "batch", str(warm), "--model", model, "-o", "warm.out.jsonl", "--restart")
             print(
                 f"first job ({model}, 300 lines): {wall:.1f}s whole process, calibration "
                 f"{data['phases'].get('calibrate', 0):.2f}s -> budget {data['max_batch_tokens']} "
-                f"({data['calibration']})"
+                f"({data['calibration']}), trace {data.get('trace')} ({data['phases'].get('trace', 0):.2f}s)"
             )
 
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(clf_dir))
@@ -435,7 +436,7 @@ def whole_process_bench(args: argparse.Namespace) -> None:
                 print(
                     f"  {label}: wall {wall:.2f}s = startup {startup:.2f}s + job {data['wall_s']:.2f}s; "
                     f"first forward at {first:.2f}s (target <= 3 s); budget {data['max_batch_tokens']} "
-                    f"({data.get('calibration')})\n    phases: {phases}"
+                    f"({data.get('calibration')}), model {data.get('trace')}\n    phases: {phases}"
                 )
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 

@@ -213,7 +213,7 @@ def run_batch(
         max_batch_tokens=runtime_info.get("max_batch_tokens"),
         batch_size=batch_size if isinstance(batch_size, int) else None,
         phases=timer.to_dict(),
-        extra={key: runtime_info[key] for key in ("calibration", "first_forward_s") if key in runtime_info},
+        extra={key: runtime_info[key] for key in ("calibration", "first_forward_s", "trace") if key in runtime_info},
     )
     if error_rate > job.max_error_rate:
         raise ErrorRateExceededError(
@@ -227,8 +227,20 @@ def run_batch(
 def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str, Any]) -> ModelRuntime:
     from prodai_cli.runtime import load_runtime
 
+    trace_dir = None
+    if job.trace:
+        if settings is None:
+            from prodai_cli.config import load_settings
+
+            settings = load_settings()
+        trace_dir = settings.state_dir / "traces"
     return load_runtime(
-        pinned_model(job, model), settings, device=device, precision=job.precision, max_length=job.max_tokens
+        pinned_model(job, model),
+        settings,
+        device=device,
+        precision=job.precision,
+        max_length=job.max_tokens,
+        trace_dir=trace_dir,
     )
 
 
@@ -274,12 +286,17 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
                 for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
             ]
             run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
+    trace = runtime.trace_state
+    if trace == "eager":  # this job built the model class; store a trace so the next job loads in a blink
+        with timer.phase("trace"):
+            trace = runtime.keep_trace(calibration_sample(job, skip))
     return {
         **runtime.describe(),
         "tokens_this_run": run.tokens_this_run,
         "max_batch_tokens": budget,
         "calibration": calibration,
         "first_forward_s": first_forward_s,
+        "trace": trace,
     }
 
 

@@ -44,6 +44,7 @@ class BatchJob:
     ray_actors: int = 1
     threads: int | None = None
     line_limits: LineLimits = field(default_factory=LineLimits)
+    trace: bool = True
 
     @property
     def output_path(self) -> Path:

@@ -17,6 +17,7 @@ PHASE_ORDER = (
     "read_tokenize",
     "forward",
     "write",
+    "trace",
     "ray",
     "finish",
 )

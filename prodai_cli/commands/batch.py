@@ -79,6 +79,7 @@ def command(
             max_depth=defaults.max_json_depth,
             max_number_digits=defaults.max_json_number_digits,
         ),
+        trace=defaults.trace,
     )
     try:
         summary = _run_with_progress(out, job, settings)

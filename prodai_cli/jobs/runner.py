@@ -56,6 +56,7 @@ def batch_job(store: JobStore, record: JobRecord) -> BatchJob:
         chunk_size=int(settings.get("chunk_size", 256)),
         threads=settings.get("threads"),
         line_limits=LineLimits(**settings.get("line_limits", {})),
+        trace=bool(settings.get("trace", True)),
     )
 
 

@@ -81,6 +81,7 @@ def batch_settings(batch: BatchConfig, jobs: JobsConfig, *, beside_server: bool)
         "precision": batch.precision,
         "chunk_size": jobs.chunk_size,
         "threads": threads,
+        "trace": batch.trace,
         "line_limits": {
             "max_line_bytes": batch.max_line_bytes,
             "max_depth": batch.max_json_depth,

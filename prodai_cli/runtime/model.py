@@ -120,6 +120,10 @@ class ModelRuntime:
         self.min_batch_tokens = 256 if device == "cpu" else 8192
         self.oom_backoffs = 0
         self.scores = False
+        # "traced": a stored trace runs (runtime.traced); "eager": the transformers model runs and
+        # keep_trace may store one; "off": not asked to (the server, ONNX, an explicit opt-out).
+        self.trace_state = "off"
+        self._trace_ref: tuple[Path, str] | None = None
         config = model.config
         id2label = getattr(config, "id2label", None) or {}
         self.labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
@@ -259,6 +263,25 @@ class ModelRuntime:
         if best_budget is not None:
             self.max_batch_tokens = best_budget
         return self.max_batch_tokens
+
+    def keep_trace(self, texts: Sequence[str]) -> str:
+        """Store a trace of the eager model for later loads, checked against it on ``texts``.
+
+        Returns:
+            ``stored``, ``refused``, ``failed`` (see :func:`prodai_cli.runtime.traced.store`), ``known``
+            (tried before) or the :attr:`trace_state` when there is nothing to do (``traced``, ``off``).
+
+        """
+        if self.trace_state != "eager" or self._trace_ref is None:
+            return self.trace_state
+        from prodai_cli.runtime import traced
+
+        trace_dir, key = self._trace_ref
+        if traced.known(trace_dir, key):
+            return "known"
+        rows = self.encode(texts).input_ids
+        with self._lock:
+            return traced.store(trace_dir, key, self.model, self.tokenizer, self.task, self.precision, rows)
 
     def compute_threads(self) -> int:
         """CPU threads a forward pass uses (part of a calibration's identity)."""
@@ -461,6 +484,7 @@ def load_runtime(
     precision: str = "fp32",
     max_length: int | None = None,
     task: str | None = None,
+    trace_dir: Path | None = None,
 ) -> ModelRuntime:
     """Load a model for prediction.
 
@@ -472,6 +496,8 @@ def load_runtime(
         precision: ``fp32``, ``bf16`` or ``fp16`` (fp16 on GPU only).
         max_length: Truncate inputs to this many tokens (default and ceiling: the model's own maximum).
         task: Force a task; default is the registry's tag, else detected from the model's config.
+        trace_dir: Load a torch model's stored trace from here when one matches (much faster to load, see
+            :mod:`prodai_cli.runtime.traced`); without one the runtime can store it (``keep_trace``).
 
     Returns:
         The runtime, in eval mode on its device.
@@ -501,29 +527,31 @@ def load_runtime(
         f"{name} is a torch version: running it",
         hint="pip install 'prodai[torch]', or serve its ONNX export (prodai export REF --to onnx, where torch is)",
     )
-    quiet_offline_env()
-    import transformers
+    model: Any = None
+    tokenizer: Any = None
+    trace_ref: tuple[Path, str] | None = None
+    if trace_dir is not None:
+        from prodai_cli.runtime import traced
 
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(located.tokenizer_dir))
-    except Exception as exc:  # transformers raises many types for a bad tokenizer
-        raise InvalidModelError(f"{located.tokenizer_dir}: cannot load a tokenizer: {first_line(exc)}") from None
-    classify = chosen_task == "text-classification"
-    auto = transformers.AutoModelForSequenceClassification if classify else transformers.AutoModel
-    try:
-        model = auto.from_pretrained(str(located.model_dir))
-    except Exception as exc:
-        raise InvalidModelError(f"{located.model_dir}: cannot load the model: {first_line(exc)}") from None
-    # Low precision casts the weights once rather than autocasting every call: on a CPU with AMX that
-    # measured 1.6x faster than autocast (3.3x fp32), with embeddings still at cosine 0.9999 to fp32.
-    if resolved_device != "cpu" or precision != "fp32":
-        model = model.to(resolved_device, dtype=torch_dtype(precision))
-    model.eval()
+        key = traced.trace_key(located.model_dir, located.tokenizer_dir, chosen_task, precision, resolved_device)
+        trace_ref = (trace_dir, key)
+        loaded = traced.load(trace_dir, key, chosen_task, resolved_device)
+        if loaded is not None:
+            model, tokenizer = loaded  # no transformers import at all
+    if model is None:
+        quiet_offline_env()
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(located.tokenizer_dir))
+        except Exception as exc:  # transformers raises many types for a bad tokenizer
+            raise InvalidModelError(f"{located.tokenizer_dir}: cannot load a tokenizer: {first_line(exc)}") from None
+        model = _load_eager(transformers, located.model_dir, chosen_task, resolved_device, precision)
     limit = model_max_length(tokenizer, model.config, located.model_dir)
     if max_length is not None:
         limit = min(limit, max_length)
-    return ModelRuntime(
+    runtime = ModelRuntime(
         source=located,
         task=chosen_task,
         model=model,
@@ -532,3 +560,22 @@ def load_runtime(
         precision=precision,
         max_length=limit,
     )
+    if trace_ref is not None:
+        from prodai_cli.runtime import traced
+
+        runtime.trace_state = "traced" if isinstance(model, traced.TracedModel) else "eager"
+        runtime._trace_ref = trace_ref
+    return runtime
+
+
+def _load_eager(transformers: Any, model_dir: Path, task: str, device: str, precision: str) -> Any:
+    auto = transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
+    try:
+        model = auto.from_pretrained(str(model_dir))
+    except Exception as exc:
+        raise InvalidModelError(f"{model_dir}: cannot load the model: {first_line(exc)}") from None
+    # Low precision casts the weights once rather than autocasting every call: on a CPU with AMX that
+    # measured 1.6x faster than autocast (3.3x fp32), with embeddings still at cosine 0.9999 to fp32.
+    if device != "cpu" or precision != "fp32":
+        model = model.to(device, dtype=torch_dtype(precision))
+    return model.eval()
