@@ -288,6 +288,7 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
             run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
     trace = runtime.trace_state
     if trace == "eager":  # this job built the model class; store a trace so the next job loads in a blink
+        run.status("Keeping a checked trace of the model for the next job")
         with timer.phase("trace"):
             trace = runtime.keep_trace(calibration_sample(job, skip))
     return {

@@ -112,12 +112,26 @@ def _run_with_progress(out: Console, job: Any, settings: Settings) -> BatchSumma
     return summary
 
 
+# What `trace` in the summary means (docs/batch.md, "Little fixed cost per job").
+TRACE_STATES = {
+    "traced": "loaded a stored trace, not the model class",
+    "stored": "ran the model and stored a checked trace for the next job",
+    "known": "ran the model; a trace was stored or refused before",
+    "refused": "ran the model; its trace did not reproduce its outputs, so none is kept",
+    "failed": "ran the model; could not trace it or write the trace",
+    "off": "batch.trace is false",
+}
+
+
 def _render(out: Console, summary: BatchSummary) -> None:
     data = summary.to_dict()
     out.result(data)
     if summary.phases:
         # -v: where the wall time went, so fixed cost (registry, load, calibration) is visible per job.
         out.debug("phases: " + "  ".join(f"{name} {seconds:.2f}s" for name, seconds in summary.phases.items()))
+    trace = summary.extra.get("trace")
+    if trace:
+        out.debug(f"model trace: {trace} ({TRACE_STATES.get(str(trace), 'see docs/batch.md')})")
     if out.json_mode:
         return
     resumed = f", resumed at line {summary.resumed_from_line}" if summary.resumed_from_line else ""

@@ -157,3 +157,9 @@ def test_trace_false_in_the_config_turns_it_off(registered_copy: Path) -> None:
     assert on.exit_code == 0, on.stderr
     assert json.loads(on.stdout)["trace"] == "stored"  # a registered version, keyed by its files' manifest
     assert len(traces(registered_copy)) == 1
+    again = run_cli(
+        "-v", "batch", "in.jsonl", "--model", "clf@production", "-o", "again.jsonl", "--device", "cpu",
+        cwd=registered_copy, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert "model trace: traced (loaded a stored trace" in again.stderr
