@@ -14,6 +14,9 @@ Targets (issue 4): at 32 clients prodai >= 1.8x the baseline's req/s with a p99 
 >= 0.95x.
 
     .venv/bin/python bench/serve_throughput.py [--rounds 4] [--duration 5] [--levels 1,8,32,64]
+
+``--baseline-code DIR`` replaces the tutorial server with ``prodai serve`` from another checkout (say a
+``git worktree`` of the commit before a change), so a change is measured against its own before in one run.
 """
 
 from __future__ import annotations
@@ -321,17 +324,24 @@ def main(args: argparse.Namespace) -> int:
             stdout=subprocess.DEVNULL,
             stderr=logs[0],
         )
+        if args.baseline_code:
+            # Another checkout of prodai as the baseline: a before/after comparison interleaved in one run.
+            baseline_cmd = [sys.executable, "-m", "prodai_cli", "serve", "--model", str(model_dir)]
+            baseline_env = {**env, "PYTHONPATH": str(Path(args.baseline_code).resolve())}
+        else:
+            baseline_cmd = [sys.executable, __file__, "baseline-server", "--model", str(model_dir)]
+            baseline_env = env
         baseline = subprocess.Popen(
-            [sys.executable, __file__, "baseline-server", "--model", str(model_dir), "--port", str(base_port)],
+            [*baseline_cmd, "--port", str(base_port)],
             cwd=work,
-            env=env,
+            env=baseline_env,
             stdout=subprocess.DEVNULL,
             stderr=logs[1],
         )
         rows: list[dict[str, Any]] = []
         try:
             _wait(f"http://127.0.0.1:{prodai_port}/health/ready", prodai)
-            _wait(f"http://127.0.0.1:{base_port}/health", baseline)
+            _wait(f"http://127.0.0.1:{base_port}/health{'/ready' if args.baseline_code else ''}", baseline)
             print(
                 f"servers ready; {args.rounds} rounds of {args.duration:g} s (after {args.warmup:g} s warm-up) "
                 "per server and level",
@@ -425,6 +435,12 @@ def cli() -> int:
         default=[],
         metavar="KEY=VALUE",
         help="environment for both servers, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline-code",
+        metavar="DIR",
+        help="run `prodai serve` from this checkout (on PYTHONPATH) as the baseline instead of the tutorial "
+        "server: a before/after comparison of a change, interleaved in one run",
     )
     args = parser.parse_args()
     if args.command == "baseline-server":

@@ -41,8 +41,12 @@ logger = logging.getLogger("prodai.serving.batcher")
 
 # The fixed cost of one forward pass, in padded tokens' worth of compute: what one more pass must save in
 # padding to be worth it. On a CPU a MiniLM-sized encoder spends ~5 ms per pass before the first token
-# (~40 tokens' worth); on an accelerator padding is nearly free next to kernel launches.
-CPU_PASS_OVERHEAD_TOKENS = 32
+# (~40 tokens' worth), but a pass also pays the round's other work and each of its ~60 OpenMP barriers, and
+# smaller GEMMs run slower per token: priced at 128 rather than 32, passes at 64 clients held ~15 texts
+# instead of ~8.4 and the server answered 1.02-1.08x the requests with a 5-11% lower p99 (three quiet runs
+# of bench/serve_throughput.py against 32, issue 16), and the same req/s with a 16-21% lower p99 at 8 and 32
+# clients (one run). On an accelerator padding is nearly free next to kernel launches.
+CPU_PASS_OVERHEAD_TOKENS = 128
 # Set to a dict by a caller that wants a request's timings (the tracing spans): ``submit`` fills in
 # ``enqueued`` and ``started`` (time.monotonic of queueing and of its round's start) and ``texts`` (in the round).
 batch_timing: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
