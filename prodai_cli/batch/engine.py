@@ -8,6 +8,7 @@ resume behave identically.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -290,7 +291,11 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
     if trace == "eager":  # this job built the model class; store a trace so the next job loads in a blink
         run.status("Keeping a checked trace of the model for the next job")
         with timer.phase("trace"):
-            trace = runtime.keep_trace(calibration_sample(job, skip))
+            try:
+                trace = runtime.keep_trace(calibration_sample(job, skip))
+            except Exception as exc:  # the job's output is complete: a trace must never fail it
+                logging.getLogger(__name__).info("Could not keep a trace of %s: %s", job.model, exc)
+                trace = "failed"
     return {
         **runtime.describe(),
         "tokens_this_run": run.tokens_this_run,

@@ -15,9 +15,9 @@ transformers (0.6 s) nor its tokenizer classes (0.35 s): only torch and the ``to
 
 A trace is keyed by the model and tokenizer files (the version's SHA-256 manifest, or a local directory's
 file sizes and times), the task, precision and device, and the torch, transformers and trace-format versions;
-anything else is a different file. It is stored with its own SHA-256, checked at load like the model files themselves. A
-model whose trace does not reproduce the eager outputs gets a marker instead, so later jobs do not trace it
-again. Any failure here falls back to the eager model: a trace only ever saves time.
+anything else is a different file. It is stored with its own SHA-256, checked at load like the model files
+themselves. A model whose trace does not reproduce the eager outputs gets a marker instead, so later jobs do
+not trace it again. Any failure here falls back to the eager model: a trace only ever saves time.
 """
 
 from __future__ import annotations
