@@ -131,11 +131,22 @@ class ReplicaState:
     status: str
     sessions: int
     total: int
+    check: str = ""
 
     @property
     def up(self) -> bool:
         """Taking traffic."""
         return self.status.startswith("UP")
+
+    @property
+    def in_rotation(self) -> bool:
+        """Taking traffic after passing a health check of its own.
+
+        HAProxy counts a server its DNS has just named as UP before the first check has run, so ``up`` alone
+        would call a replica that is still loading (or cannot load) ready, and a rolling update would then
+        retire the old replicas for it; a CI run did exactly that on compose (ready in 0.07 s, 503s after).
+        """
+        return self.up and self.check.lstrip("* ") in {"L7OK", "L7OKC"}
 
 
 def replica_states(stats_url: str, *, timeout_s: float = 2.0) -> list[ReplicaState]:
@@ -171,6 +182,7 @@ def replica_states(stats_url: str, *, timeout_s: float = 2.0) -> list[ReplicaSta
                 status=row.get("status", ""),
                 sessions=int(row.get("scur") or 0),
                 total=int(row.get("stot") or 0),
+                check=row.get("check_status") or "",
             )
         )
     return out
@@ -190,7 +202,7 @@ def wait_in_rotation(stats_url: str, addresses: set[str], timeout_s: float) -> f
             seen = replica_states(stats_url)
         except DeployError:
             seen = []
-        up = {state.address.split(":")[0] for state in seen if state.up}
+        up = {state.address.split(":")[0] for state in seen if state.in_rotation}
         if addresses <= up:
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:

@@ -24,7 +24,7 @@ from prodai_cli.deploy.targets import compose as compose_target
 from prodai_cli.deploy.targets import docker, k8s
 from prodai_cli.deploy.templates import render, template_names
 from prodai_cli.deploy.wheelhouse import build_prodai_wheel, missing_requirements, torch_requirement
-from prodai_cli.errors import UsageError
+from prodai_cli.errors import DeployError, UsageError
 
 K8S_VERSION = "1.30.0"
 AB_CONFIG = """\
@@ -819,3 +819,48 @@ def test_bad_worker_keys_name_the_key_and_line(tmp_path: Path, line: str, compla
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path / "prodai.yaml")
     assert complaint in caught.value.message and "line 5" in caught.value.message, caught.value.message
+
+
+def test_a_replica_is_in_rotation_only_after_a_health_check_of_its_own() -> None:
+    """HAProxy calls a server its DNS just named UP before any check ran (check_status INI): not ready.
+
+    A CI run's compose update took a loading replica for ready that way in 0.07 s and retired the serving ones.
+    The stats page is a real HTTP server here, serving the CSV columns HAProxy's ``/stats;csv`` has.
+    """
+    import http.server
+    import threading
+
+    header = "# pxname,svname,qcur,scur,stot,status,check_status,addr\n"
+    rows = [
+        "servers,replica1,0,0,10,UP,L7OK,10.0.0.3:8000",  # checked and passing
+        "servers,replica2,0,0,0,UP,INI,10.0.0.4:8000",  # named by DNS a moment ago, never checked
+        "servers,replica3,0,0,0,UP,* L7OK,10.0.0.5:8000",  # passing, the next check under way
+        "servers,replica4,0,1,3,DOWN,L7STS,10.0.0.6:8000",  # draining: answers 503
+        f"servers,{balancer.LAST_RESORT_PREFIX}1,0,0,0,UP,,10.0.0.3:8000",  # the unchecked copy: not a replica
+        "servers,BACKEND,0,1,13,UP,,",
+    ]
+    body = (header + "\n".join(rows) + "\n").encode()
+
+    class Stats(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        states = {s.slot: s for s in balancer.replica_states(url)}
+        assert sorted(states) == ["replica1", "replica2", "replica3", "replica4"]
+        assert [s for s in sorted(states) if states[s].up] == ["replica1", "replica2", "replica3"]
+        assert [s for s in sorted(states) if states[s].in_rotation] == ["replica1", "replica3"]
+        assert balancer.wait_in_rotation(url, {"10.0.0.3", "10.0.0.5"}, timeout_s=2) < 1
+        with pytest.raises(DeployError, match=r"did not take 10\.0\.0\.4"):
+            balancer.wait_in_rotation(url, {"10.0.0.4"}, timeout_s=0.5)  # the old code returned at once
+    finally:
+        server.shutdown()
