@@ -172,6 +172,7 @@ def load(trace_dir: Path, key: str, task: str, device: str) -> tuple[TracedModel
             _remove(path)
             return None
         tokenizer = StoredTokenizer(meta["tokenizer"], meta.get("pad_token_id"), meta.get("model_max_length"))
+        config = StoredConfig(meta.get("config") or {})  # a damaged sidecar fails here, not in the job
         import torch
 
         module = torch.jit.load(str(path), map_location=device)
@@ -180,7 +181,7 @@ def load(trace_dir: Path, key: str, task: str, device: str) -> tuple[TracedModel
         _remove(path)
         return None
     os.utime(path)  # recently used: evicted last
-    return TracedModel(module, StoredConfig(meta.get("config") or {}), task, path), tokenizer
+    return TracedModel(module, config, task, path), tokenizer
 
 
 def store(

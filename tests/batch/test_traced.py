@@ -115,6 +115,30 @@ def test_a_damaged_trace_is_dropped_and_the_job_runs_the_model(
     assert run_batch(job(project, tiny_classifier_dir, "next.jsonl")).extra["trace"] == "traced"
 
 
+@pytest.mark.parametrize(
+    "sidecar",
+    [
+        b"\xff\xfe not UTF-8, not JSON",
+        b'{"status": "ok", "sha256": "0", "tokenizer": "{}"}',  # a digest that cannot match
+        None,  # filled in below: the real sidecar with damaged labels
+    ],
+)
+def test_a_damaged_sidecar_never_fails_a_job(project: Path, tiny_classifier_dir: Path, sidecar: bytes | None) -> None:
+    write_texts(project / "in.jsonl", 40)
+    run_batch(job(project, tiny_classifier_dir, "eager.jsonl"))
+    (trace,) = traces(project)
+    meta_path = trace.with_suffix(".json")
+    if sidecar is None:
+        meta = json.loads(meta_path.read_text())
+        meta["config"] = {"id2label": {"not a number": ["nested"]}}
+        sidecar = json.dumps(meta).encode()
+    meta_path.write_bytes(sidecar)
+    summary = run_batch(job(project, tiny_classifier_dir, "after.jsonl"))
+    assert summary.extra["trace"] == "stored"  # the model ran and a good trace replaced the damaged one
+    assert_same_predictions(read(project / "after.jsonl"), read(project / "eager.jsonl"))
+    assert run_batch(job(project, tiny_classifier_dir, "next.jsonl")).extra["trace"] == "traced"
+
+
 def test_changed_model_files_get_a_new_trace(project: Path, tiny_classifier_dir: Path) -> None:
     import shutil
 
