@@ -86,7 +86,8 @@ def registered_copy(registered_project: Path, tmp_path: Path, monkeypatch: pytes
     import shutil
 
     target = tmp_path / "proj"
-    shutil.copytree(registered_project, target, symlinks=True)
+    # As registered: not the model traces that servers on the shared project keep in .prodai/traces.
+    shutil.copytree(registered_project, target, symlinks=True, ignore=shutil.ignore_patterns("traces"))
     for name in list(os.environ):
         if name.startswith("PRODAI_"):
             monkeypatch.delenv(name)

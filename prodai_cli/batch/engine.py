@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from prodai_cli.runtime import ModelRuntime
 
 
+# A sort window (batch.sort_chunks) also closes once its texts hold this many characters, so long lines (up
+# to batch.max_line_bytes each) cannot make a window hold several chunks of them in memory.
+WINDOW_MAX_CHARS = 64 * 1024 * 1024
+
+
 def _identity(job: BatchJob, fingerprint_sha: str, model: dict[str, Any], max_length: int | None) -> dict[str, Any]:
     # Only what changes the output: device and batch size do not (beyond float noise), so they may change
     # between a crash and the resume.
@@ -246,6 +251,8 @@ def _load(job: BatchJob, settings: Settings | None, device: str, model: dict[str
 
 
 def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any]:
+    from prodai_cli.runtime.model import Encoded
+
     timer = timer or PhaseTimer()
     job, device, batch_size = run.job, run.device, run.batch_size
     run.status(f"Loading {job.model} on {device} ({job.precision})")
@@ -270,23 +277,38 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
     # a CPU they would only compete with the model for the same cores.
     encoded_chunks = _prefetch(map(encode, chunks)) if device != "cpu" else map(encode, chunks)
     first_forward_s: float | None = None
+    window_chunks = 1  # the first window is one chunk, so the first results (and progress) come at once
     while True:
-        # With the prefetch thread this is the wait for the next chunk, not its whole tokenising time.
-        with timer.phase("read_tokenize"):
-            pair = next(encoded_chunks, None)
-        if pair is None:
+        # Consecutive chunks (job.sort_chunks) are sorted by length together: the more texts a sort sees, the
+        # closer the lengths in each forward pass (less padding, fuller passes). Each chunk is still committed
+        # on its own, in input order, so resume and exactly-once work as before.
+        window: list[tuple[Chunk, Any]] = []
+        with timer.phase("read_tokenize"):  # with the prefetch thread: the wait for chunks, not their tokenising
+            chars = 0
+            while len(window) < window_chunks and chars < WINDOW_MAX_CHARS:
+                pair = next(encoded_chunks, None)
+                if pair is None:
+                    break
+                window.append(pair)
+                chars += sum(len(record.text) for record in pair[0].records)
+        if not window:
             break
-        chunk, encoded = pair
+        window_chunks = job.sort_chunks
         if first_forward_s is None:
             first_forward_s = round(time.perf_counter() - run.started, 3)  # the fixed cost a job pays
         with timer.phase("forward"):
-            predictions = runtime.predict_encoded(encoded, max_batch_tokens=budget, max_batch_size=size)
+            merged = window[0][1] if len(window) == 1 else Encoded.concat([encoded for _, encoded in window])
+            predictions = runtime.predict_encoded(merged, max_batch_tokens=budget, max_batch_size=size)
         with timer.phase("write"):
-            outputs = [
-                run.output_line(record, prediction, cut)
-                for record, prediction, cut in zip(chunk.records, predictions, encoded.truncated, strict=True)
-            ]
-            run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
+            offset = 0
+            for chunk, encoded in window:
+                mine = predictions[offset : offset + len(encoded)]
+                offset += len(encoded)
+                outputs = [
+                    run.output_line(record, prediction, cut)
+                    for record, prediction, cut in zip(chunk.records, mine, encoded.truncated, strict=True)
+                ]
+                run.commit(chunk, outputs, truncated=sum(encoded.truncated), tokens=sum(encoded.lengths))
     trace = runtime.trace_state
     if trace == "eager":  # this job built the model class; store a trace so the next job loads in a blink
         run.status("Keeping a checked trace of the model for the next job")

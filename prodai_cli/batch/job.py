@@ -41,6 +41,7 @@ class BatchJob:
     restart: bool = False
     max_error_rate: float = 0.01
     chunk_size: int = 1024
+    sort_chunks: int = 4
     ray_actors: int = 1
     threads: int | None = None
     line_limits: LineLimits = field(default_factory=LineLimits)

@@ -72,6 +72,7 @@ def command(
         restart=not resume,
         max_error_rate=max_error_rate if max_error_rate is not None else defaults.max_error_rate,
         chunk_size=defaults.chunk_size,
+        sort_chunks=defaults.sort_chunks,
         ray_actors=ray_actors or defaults.ray_actors,
         threads=threads or defaults.threads,
         line_limits=LineLimits(

@@ -54,6 +54,7 @@ def batch_job(store: JobStore, record: JobRecord) -> BatchJob:
         precision=settings.get("precision", "fp32"),
         max_error_rate=1.0,  # bad lines are reported in the errors file and the record, never fail the job
         chunk_size=int(settings.get("chunk_size", 256)),
+        sort_chunks=1,  # one chunk per window: a cancel takes effect at the next commit, as documented
         threads=settings.get("threads"),
         line_limits=LineLimits(**settings.get("line_limits", {})),
         trace=bool(settings.get("trace", True)),

@@ -53,6 +53,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    @staticmethod
+    def concat(parts: Sequence[Encoded]) -> Encoded:
+        """The inputs of ``parts`` one after another."""
+        return Encoded(
+            [ids for part in parts for ids in part.input_ids], [cut for part in parts for cut in part.truncated]
+        )
+
     def select(self, indices: Sequence[int]) -> Encoded:
         """The subset at ``indices`` (in that order)."""
         return Encoded([self.input_ids[i] for i in indices], [self.truncated[i] for i in indices])
@@ -282,6 +289,33 @@ class ModelRuntime:
         rows = self.encode(texts).input_ids
         with self._lock:
             return traced.store(trace_dir, key, self.model, self.tokenizer, self.task, self.precision, rows)
+
+    def adopt_trace(self, texts: Sequence[str]) -> str:
+        """Run from a trace from now on: keep one checked on ``texts`` if none is stored, then load it.
+
+        For a long-lived process (the server) that loaded the eager model: its forward passes then run as
+        one TorchScript call that releases Python's GIL for the whole pass, so the event loop and the
+        compute thread no longer take turns at every layer (see docs/performance.md).
+
+        Returns:
+            ``traced`` when the runtime now runs a trace; else why not: ``refused`` (it did not match the
+            model), ``failed`` (could not trace, store or load it), ``known`` (refused before), ``off`` (no
+            trace directory, or not a torch model).
+
+        """
+        state = self.keep_trace(texts)
+        if self.trace_state != "eager" or self._trace_ref is None or state not in ("stored", "known"):
+            return self.trace_state if self.trace_state != "eager" else state
+        from prodai_cli.runtime import traced
+
+        trace_dir, key = self._trace_ref
+        loaded = traced.load(trace_dir, key, self.task, self.device)
+        if loaded is None:  # "known": a refusal marker is stored (or a damaged trace, now removed)
+            return "known" if state == "known" else "failed"
+        with self._lock:
+            self.model = loaded[0]
+            self.trace_state = "traced"
+        return "traced"
 
     def compute_threads(self) -> int:
         """CPU threads a forward pass uses (part of a calibration's identity)."""

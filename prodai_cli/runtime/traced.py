@@ -247,7 +247,7 @@ def store(
     started = time.perf_counter()
     try:
         wrapper = _Wrapper(model).eval()
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")  # TracerWarnings and torch.jit's deprecation notice
             traced = torch.jit.trace(wrapper, example, check_trace=False)
         with torch.inference_mode(), torch.jit.optimized_execution(False):
@@ -275,6 +275,21 @@ def store(
         return "failed"
     _evict(trace_dir, keep=path)
     return "stored"
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """Hold transformers' own log lines while tracing (it reads every model attribute, some of which log).
+
+    Its handler writes plain text to stderr, which would break a server's JSON log lines.
+    """
+    logger = logging.getLogger("transformers")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def known(trace_dir: Path, key: str) -> bool:

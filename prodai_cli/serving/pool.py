@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prodai.serving.pool")
 
 Status = Literal["loading", "ready", "failed", "retired"]
+# What a served model's trace is checked on when it is made (a server has no inputs of its own at load): texts
+# of 1 to 512 words, so the check runs short and full-length rows, padded and not.
+TRACE_PROBE_TEXTS = tuple(
+    " ".join(("requests arrive and the model answers them in batches while the queue stays short " * 40).split()[:n])
+    for n in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 512)
+)
 
 
 def model_key(name: str, version: int | str) -> str:
@@ -193,6 +199,7 @@ class ModelPool:
                 "model_version": runtime.version,
                 "task": runtime.task,
                 "device": runtime.device,
+                "trace": runtime.trace_state,
                 "load_seconds": round(model.load_seconds, 3),
             },
         )
@@ -201,7 +208,19 @@ class ModelPool:
     def _load_runtime(self, key: str) -> ModelRuntime:
         from prodai_cli.runtime import load_runtime
 
-        runtime = load_runtime(key, self.settings, device=self.serving.device, precision=self.serving.precision)
+        trace_dir = self.settings.state_dir / "traces" if self.serving.trace else None
+        runtime = load_runtime(
+            key, self.settings, device=self.serving.device, precision=self.serving.precision, trace_dir=trace_dir
+        )
+        if runtime.trace_state == "eager":
+            # No trace stored yet for this version: make one now (checked against the model, ~1 s for MiniLM)
+            # so this and every later start runs it; a batch job's trace of the same version serves as well.
+            try:
+                state = runtime.adopt_trace(TRACE_PROBE_TEXTS)
+            except Exception as exc:  # a trace only ever saves time: never fail a load over it
+                state = f"failed: {exc}"
+            if state != "traced":
+                logger.info("serving the model itself, not a trace", extra={"model": key, "trace": state})
         runtime.scores = True  # per-label scores (top_k, OIP v2 ``scores``); /predict shows them only on request
         return runtime
 

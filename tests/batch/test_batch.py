@@ -403,6 +403,53 @@ def test_sigkill_midway_then_rerun_yields_every_input_exactly_once(project: Path
     assert [e["line"] for e in read_jsonl(project / "out.errors.jsonl")] == bad_lines
 
 
+def test_consecutive_chunks_are_sorted_together_and_still_committed_one_by_one(
+    project: Path, tiny_classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prodai_cli.batch import engine
+
+    texts = make_texts(50, seed=3)
+    write_jsonl(project / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
+    calls: list[int] = []
+    real_load = engine._load
+
+    def load_and_count(*args: Any, **kwargs: Any) -> Any:  # the real runtime, its calls counted
+        runtime = real_load(*args, **kwargs)
+        predict = runtime.predict_encoded
+
+        def counted(encoded: Any, **options: Any) -> Any:
+            calls.append(len(encoded))
+            return predict(encoded, **options)
+
+        runtime.predict_encoded = counted
+        return runtime
+
+    monkeypatch.setattr(engine, "_load", load_and_count)
+
+    def run(output: str, **kwargs: Any) -> tuple[list[int], list[int]]:
+        calls.clear()
+        commits: list[int] = []
+        summary = run_batch(
+            job(project, tiny_classifier_dir, output=project / output, chunk_size=5, **kwargs),
+            on_progress=lambda update: commits.append(update.lines_done),
+        )
+        assert summary.items == 50
+        # A job that finds its budget calibrated already warms up on 2 texts first (not the job's).
+        return calls[1:] if summary.extra.get("calibration") == "cached" else list(calls), commits
+
+    # The first window is one chunk (the first results come at once), then 4 chunks are sorted together.
+    assert run("windows.jsonl", sort_chunks=4) == ([5, 20, 20, 5], list(range(5, 51, 5)))
+    assert run("chunks.jsonl", sort_chunks=1) == ([5] * 10, list(range(5, 51, 5)))
+    windows, chunks = read_jsonl(project / "windows.jsonl"), read_jsonl(project / "chunks.jsonl")
+    assert [r["id"] for r in windows] == [r["id"] for r in chunks] == list(range(50))
+    for a, b in zip(windows, chunks, strict=True):
+        assert a["label"] == b["label"]
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+    # Long texts close a window early, so a window never holds several chunks of them in memory.
+    monkeypatch.setattr(engine, "WINDOW_MAX_CHARS", 1)
+    assert run("capped.jsonl", sort_chunks=4) == ([5] * 10, list(range(5, 51, 5)))
+
+
 # ------------------------------------------------------------------------------------------ engines
 
 
