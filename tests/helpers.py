@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB = (
@@ -97,6 +98,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_same_predictions(got: Sequence[dict[str, Any]], want: Sequence[dict[str, Any]]) -> None:
+    """Two runs' predictions agree: the same labels (confidences within 1e-6) or embeddings within 1e-6."""
+    import pytest
+
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        if "label" in b:
+            assert a["label"] == b["label"]
+            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
+        else:
+            assert a["embedding"] == pytest.approx(b["embedding"], abs=1e-6)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_cli
+from helpers import assert_same_predictions, run_cli
 
 from prodai_cli.batch import BatchJob, run_batch
 from prodai_cli.runtime import load_runtime
@@ -45,14 +45,9 @@ def traces(project: Path) -> list[Path]:
     return sorted((project / ".prodai" / "traces").glob("*.pt"))
 
 
-def assert_same_predictions(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+def assert_same_outputs(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
     assert [r["id"] for r in got] == [r["id"] for r in want]
-    for a, b in zip(got, want, strict=True):
-        if "label" in b:
-            assert a["label"] == b["label"]
-            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
-        else:
-            assert a["embedding"] == pytest.approx(b["embedding"], abs=1e-6)
+    assert_same_predictions(got, want)
 
 
 @pytest.mark.parametrize("which", ["tiny_classifier_dir", "tiny_embedder_dir"])
@@ -66,7 +61,7 @@ def test_the_second_job_runs_the_stored_trace_with_the_same_outputs(
     assert len(traces(project)) == 1
     second = run_batch(job(project, model_dir, "traced.jsonl"))
     assert second.extra["trace"] == "traced"
-    assert_same_predictions(read(project / "traced.jsonl"), read(project / "eager.jsonl"))
+    assert_same_outputs(read(project / "traced.jsonl"), read(project / "eager.jsonl"))
     third = run_batch(job(project, model_dir, "again.jsonl"))
     assert third.extra["trace"] == "traced" and len(traces(project)) == 1  # reused, not traced again
 
@@ -111,7 +106,7 @@ def test_a_damaged_trace_is_dropped_and_the_job_runs_the_model(
     summary = run_batch(job(project, tiny_classifier_dir, "after.jsonl"))
     assert summary.extra["trace"] == "stored"  # the damaged one was refused, the model ran, a good one is back
     assert "does not match its recorded SHA-256" in caplog.text
-    assert_same_predictions(read(project / "after.jsonl"), read(project / "eager.jsonl"))
+    assert_same_outputs(read(project / "after.jsonl"), read(project / "eager.jsonl"))
     assert run_batch(job(project, tiny_classifier_dir, "next.jsonl")).extra["trace"] == "traced"
 
 
@@ -135,7 +130,7 @@ def test_a_damaged_sidecar_never_fails_a_job(project: Path, tiny_classifier_dir:
     meta_path.write_bytes(sidecar)
     summary = run_batch(job(project, tiny_classifier_dir, "after.jsonl"))
     assert summary.extra["trace"] == "stored"  # the model ran and a good trace replaced the damaged one
-    assert_same_predictions(read(project / "after.jsonl"), read(project / "eager.jsonl"))
+    assert_same_outputs(read(project / "after.jsonl"), read(project / "eager.jsonl"))
     assert run_batch(job(project, tiny_classifier_dir, "next.jsonl")).extra["trace"] == "traced"
 
 
@@ -153,7 +148,7 @@ def test_changed_model_files_get_a_new_trace(project: Path, tiny_classifier_dir:
     assert summary.extra["trace"] == "stored" and len(traces(project)) == 2
     assert {r["label"] for r in read(project / "two.jsonl")} <= {"no", "yes"}
     assert run_batch(job(project, model_dir, "three.jsonl")).extra["trace"] == "traced"
-    assert_same_predictions(read(project / "three.jsonl"), read(project / "two.jsonl"))  # with the new labels
+    assert_same_outputs(read(project / "three.jsonl"), read(project / "two.jsonl"))  # with the new labels
 
 
 def test_an_unwritable_trace_directory_never_fails_the_job(project: Path, tiny_classifier_dir: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import assert_same_predictions
 
 from prodai_cli.runtime.traced import TracedModel
 
@@ -36,13 +37,8 @@ def traces(root: Path) -> list[Path]:
 
 
 def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    assert len(got) == len(want) == len(TEXTS)
-    for a, b in zip(got, want, strict=True):
-        if "label" in b:
-            assert a["label"] == b["label"]
-            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
-        else:
-            assert a["embedding"] == pytest.approx(b["embedding"], abs=1e-6)
+    assert len(got) == len(TEXTS)
+    assert_same_predictions(got, want)
 
 
 @pytest.mark.parametrize("which", ["tiny_classifier_dir", "tiny_embedder_dir"])
