@@ -297,7 +297,7 @@ def _run_local(run: EngineRun, timer: PhaseTimer | None = None) -> dict[str, Any
         if first_forward_s is None:
             first_forward_s = round(time.perf_counter() - run.started, 3)  # the fixed cost a job pays
         with timer.phase("forward"):
-            merged = window[0][1] if len(window) == 1 else Encoded.concat([encoded for _, encoded in window])
+            merged = Encoded.concat([encoded for _, encoded in window])
             predictions = runtime.predict_encoded(merged, max_batch_tokens=budget, max_batch_size=size)
         with timer.phase("write"):
             offset = 0

@@ -149,6 +149,11 @@ class ReplicaState:
         return self.up and self.check.lstrip("* ") in {"L7OK", "L7OKC"}
 
 
+def in_rotation_ips(states: list[ReplicaState]) -> set[str]:
+    """The IP addresses of the replicas that are in rotation (see :attr:`ReplicaState.in_rotation`)."""
+    return {state.address.split(":")[0] for state in states if state.in_rotation}
+
+
 def replica_states(stats_url: str, *, timeout_s: float = 2.0) -> list[ReplicaState]:
     """The replicas behind the balancer (slots with an address), read from its stats CSV.
 
@@ -202,8 +207,7 @@ def wait_in_rotation(stats_url: str, addresses: set[str], timeout_s: float) -> f
             seen = replica_states(stats_url)
         except DeployError:
             seen = []
-        up = {state.address.split(":")[0] for state in seen if state.in_rotation}
-        if addresses <= up:
+        if addresses <= in_rotation_ips(seen):
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
             states = ", ".join(f"{s.address} {s.status}" for s in seen) or "no replicas"

@@ -193,6 +193,11 @@ def test_the_new_input_limits_refuse_hostile_values_naming_key_and_line() -> Non
         ("deploy.replicas", 1000),
         ("deploy.replicas", 0),
         ("deploy.balancer_image", "[1, 2]"),
+        # A sort window of no chunks, or of a thousand (that many chunks' texts held at once), or a word.
+        ("batch.sort_chunks", 0),
+        ("batch.sort_chunks", 1000),
+        ("batch.sort_chunks", "many"),
+        ("serving.trace", "sometimes"),
     ]:
         section, name = key.split(".")
         with pytest.raises(ConfigError) as caught:

@@ -59,12 +59,13 @@ def test_a_server_traces_its_model_once_and_answers_what_the_model_answers(
     assert_same(predictions(first.url), want)
     first.stop()
 
-    # A restart (or another worker) loads the stored trace: nothing is traced or written again.
-    made = stored.stat().st_mtime_ns
+    # A restart (or another worker) loads the stored trace: nothing is traced or written again (a new trace
+    # would be a new file renamed into place, so a new inode).
+    made = stored.stat().st_ino, stored.with_suffix(".json").stat().st_ino
     second = thread_server(settings_for(tmp_path / "traced"), str(model_dir))
     assert served_runtime(second).trace_state == "traced"
     assert traces(tmp_path / "traced") == [stored]
-    assert stored.stat().st_mtime_ns >= made
+    assert (stored.stat().st_ino, stored.with_suffix(".json").stat().st_ino) == made
     assert json.loads(stored.with_suffix(".json").read_text(encoding="utf-8"))["status"] == "ok"
     assert_same(predictions(second.url), want)
 

@@ -397,8 +397,7 @@ def wait_in_rotation(client: Any, name: str, ids: Sequence[str], timeout_s: floa
             seen = balancer.replica_states(stats_url(client, name))
         except DeployError:
             seen = []
-        up = {s.address.split(":")[0] for s in seen if s.in_rotation}  # checked, not just named by DNS
-        if "" not in addresses and addresses <= up:
+        if "" not in addresses and addresses <= balancer.in_rotation_ips(seen):  # checked, not just named by DNS
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
             states = ", ".join(f"{s.address} {s.status}" for s in seen) or "no replicas"
